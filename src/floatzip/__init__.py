@@ -1,0 +1,33 @@
+"""floatzip: lossless compression of LLM weights, decoded on the fly, bit for bit.
+
+Importing floatzip stays light: no Triton, no CUDA initialisation, no transformers.
+"""
+
+from __future__ import annotations
+
+from floatzip.codec.encode import compress_tensor
+from floatzip.decode import decompress_tensor
+from floatzip.errors import (
+    BackendError,
+    FloatzipError,
+    FormatError,
+    InputError,
+    IntegrityError,
+    VersionError,
+)
+from floatzip.format.tensor import CompressedTensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "CompressedTensor",
+    "FloatzipError",
+    "FormatError",
+    "InputError",
+    "IntegrityError",
+    "VersionError",
+    "__version__",
+    "compress_tensor",
+    "decompress_tensor",
+]

@@ -1,0 +1,91 @@
+"""Constants of the floatzip format (docs/FORMAT.md is the authority)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+FORMAT_VERSION = 1
+BLOB_MAGIC = b"FZtn"
+MAX_CODE_LEN = 16
+HEADER_FIXED = 48
+ALIGN = 16
+MAX_NDIM = 8
+MAX_LANES = 1024
+MAX_STEPS = 4095  # lane_bits is uint16: steps * MAX_CODE_LEN must stay below 2**16
+
+DEFAULT_LANES = 128
+DEFAULT_STEPS = 1024
+
+# A checkpoint stores a float tensor as a blob only from this many elements on.
+MIN_ENCODED_NUMEL = 4096
+
+MANIFEST_NAME = "floatzip.json"
+META_VERSION = "floatzip.format_version"
+META_ENCODED = "floatzip.encoded"
+META_ORIGINAL_HEADER = "floatzip.original_header"
+QUANT_METHOD = "floatzip"
+
+
+@dataclass(frozen=True)
+class FloatLayout:
+    """How one float dtype splits into sign, exponent and mantissa bits."""
+
+    code: int
+    name: str  # the safetensors dtype name
+    torch_dtype: torch.dtype
+    bits: int
+    exp_bits: int
+    man_bits: int
+
+    @property
+    def max_k(self) -> int:
+        """The most mantissa bits that may join the exponent in the coded symbol."""
+        return min(self.man_bits, MAX_CODE_LEN - self.exp_bits)
+
+    @property
+    def nbytes(self) -> int:
+        return self.bits // 8
+
+
+LAYOUTS: tuple[FloatLayout, ...] = (
+    FloatLayout(0, "BF16", torch.bfloat16, 16, 8, 7),
+    FloatLayout(1, "F16", torch.float16, 16, 5, 10),
+    FloatLayout(2, "F32", torch.float32, 32, 8, 23),
+    FloatLayout(3, "F8_E4M3", torch.float8_e4m3fn, 8, 4, 3),
+    FloatLayout(4, "F8_E5M2", torch.float8_e5m2, 8, 5, 2),
+)
+LAYOUT_BY_CODE = {layout.code: layout for layout in LAYOUTS}
+LAYOUT_BY_NAME = {layout.name: layout for layout in LAYOUTS}
+LAYOUT_BY_TORCH = {layout.torch_dtype: layout for layout in LAYOUTS}
+
+# safetensors dtype name -> bytes per element, for every dtype a header may name.
+SAFETENSORS_ITEMSIZE = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+    "C64": 8,
+}
+
+
+def layout_for(dtype: torch.dtype) -> FloatLayout | None:
+    """The layout of a torch dtype floatzip can code, or None."""
+    return LAYOUT_BY_TORCH.get(dtype)
+
+
+def align(n: int, to: int = ALIGN) -> int:
+    return (n + to - 1) // to * to
