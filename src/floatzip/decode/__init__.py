@@ -34,6 +34,13 @@ def backends() -> list[str]:
     return [*CPU_BACKENDS, "triton"]
 
 
+def decode_words(ct: CompressedTensor, out: np.ndarray, backend: str = "cpu") -> None:
+    """Decode ``ct`` into ``out``, a flat NumPy array of unsigned ints of the dtype's width."""
+    if out.dtype != np.dtype(_UINT_NP[ct.layout.nbytes]) or out.size != ct.numel:
+        raise InputError(f"out must hold {ct.numel} uint{8 * ct.layout.nbytes} words")
+    _cpu_backend(backend)(ct, out)
+
+
 def _check_out(ct: CompressedTensor, out: torch.Tensor) -> None:
     if out.dtype != ct.dtype or out.numel() != ct.numel or not out.is_contiguous():
         raise InputError(
@@ -65,10 +72,8 @@ def decompress_tensor(
         from floatzip.decode import triton as triton_backend
 
         return triton_backend.decompress(ct, device=target, out=out)
-    decode = _cpu_backend(backend)
     host = out if out is not None and out.device.type == "cpu" else torch.empty(ct.shape, dtype=ct.dtype)
-    words = host.view(-1).view(torch.uint8).numpy().view(_UINT_NP[ct.layout.nbytes])
-    decode(ct, words)
+    decode_words(ct, host.view(-1).view(torch.uint8).numpy().view(_UINT_NP[ct.layout.nbytes]), backend)
     result = host.view(ct.shape)
     if out is not None and out.device.type != "cpu":
         out.view(-1).copy_(result.view(-1), non_blocking=False)
