@@ -20,6 +20,8 @@ _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32}
 def tensor_words(t: torch.Tensor, layout: FloatLayout) -> npt.NDArray[np.unsignedinteger]:
     """The tensor's bits as a flat unsigned-integer array (a view when ``t`` is contiguous on the CPU)."""
     flat = t.detach().reshape(-1)
+    if flat.numel() == 0:
+        return np.zeros(0, dtype=_UINT[layout.nbytes])
     if flat.device.type != "cpu":
         flat = flat.cpu()
     return flat.contiguous().view(torch.uint8).numpy().view(_UINT[layout.nbytes])

@@ -69,7 +69,8 @@ def pack(words, shift, sym_mask, lengths, codes, lanes, steps, lane_bits, tile_w
                 v = np.uint64(codes[sym]) << (np.uint64(64) - ln - (p & np.uint64(31)))
                 w = p >> np.uint64(5)
                 out_codes[w] |= np.uint32(v >> np.uint64(32))
-                out_codes[w + np.uint64(1)] |= np.uint32(v & np.uint64(0xFFFFFFFF))
+                if (p & np.uint64(31)) + ln > np.uint64(32):  # never touch a word the code does not reach:
+                    out_codes[w + np.uint64(1)] |= np.uint32(v & np.uint64(0xFFFFFFFF))  # it may be the next tile's
                 p += ln  # the next lane's string starts right here
         # raw values, in element order
         q = np.uint64(base) * raw_bits
@@ -79,7 +80,8 @@ def pack(words, shift, sym_mask, lengths, codes, lanes, steps, lane_bits, tile_w
             v = raw << (np.uint64(64) - raw_bits - (q & np.uint64(31)))
             w = q >> np.uint64(5)
             out_raw[w] |= np.uint32(v >> np.uint64(32))
-            out_raw[w + np.uint64(1)] |= np.uint32(v & np.uint64(0xFFFFFFFF))
+            if (q & np.uint64(31)) + raw_bits > np.uint64(32):
+                out_raw[w + np.uint64(1)] |= np.uint32(v & np.uint64(0xFFFFFFFF))
             q += raw_bits
 
 

@@ -26,7 +26,8 @@ def _cpu_backend(name: str) -> Callable[[CompressedTensor, np.ndarray], None]:
         module = CPU_BACKENDS[name]
     except KeyError:
         raise BackendError(f"unknown decode backend {name!r}; known: {', '.join(backends())}") from None
-    return importlib.import_module(module).decode  # type: ignore[no-any-return]
+    decode: Callable[[CompressedTensor, np.ndarray], None] = importlib.import_module(module).decode
+    return decode
 
 
 def backends() -> list[str]:
@@ -73,6 +74,8 @@ def decompress_tensor(
 
         return triton_backend.decompress(ct, device=target, out=out)
     host = out if out is not None and out.device.type == "cpu" else torch.empty(ct.shape, dtype=ct.dtype)
+    if ct.numel == 0:
+        return host if out is not None else host.to(target)
     decode_words(ct, host.view(-1).view(torch.uint8).numpy().view(_UINT_NP[ct.layout.nbytes]), backend)
     result = host.view(ct.shape)
     if out is not None and out.device.type != "cpu":

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -28,7 +28,15 @@ from floatzip.codec.encode import compress_tensor
 from floatzip.decode import decode_words
 from floatzip.errors import FormatError, InputError, IntegrityError, VersionError
 from floatzip.format import spec
-from floatzip.format.safetensors_io import Entry, Header, StreamingWriter, iter_files, parse_header, read_header, read_range
+from floatzip.format.safetensors_io import (
+    Entry,
+    Header,
+    StreamingWriter,
+    iter_files,
+    parse_header,
+    read_header,
+    read_range,
+)
 from floatzip.format.tensor import CompressedTensor
 
 _COPY_CHUNK = 16 << 20
@@ -105,7 +113,8 @@ def _staging(dst: Path) -> Iterator[Path]:
 
 
 def _progress(total: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled, leave=False)
+    # disable=None: shown on a terminal only, so logs and pipes get no carriage-return noise
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=None if enabled else True, leave=False)
 
 
 def _source_files(src: Path) -> tuple[Path, list[Path]]:
@@ -135,16 +144,14 @@ def _should_encode(entry: Entry) -> bool:
 # compress
 
 
-def _compress_file(
-    src: Path, dst: Path, rel: str, report: CheckpointReport, bar: tqdm, lanes: int, steps: int
-) -> None:
+def _compress_file(src: Path, dst: Path, rel: str, report: CheckpointReport, bar: tqdm, lanes: int, steps: int) -> None:
     header = read_header(src)
     candidates = [e for e in header.entries if _should_encode(e)]
     planned = [(e.name, "U8" if _should_encode(e) else e.dtype, len(e.shape)) for e in header.entries]
     meta = {
         spec.META_VERSION: str(spec.FORMAT_VERSION),
         spec.META_ENCODED: json.dumps([e.name for e in candidates]),
-        spec.META_ORIGINAL_HEADER: base64.b64encode(header.raw).decode(),
+        spec.META_ORIGINAL_HEADER: base64.b64encode(zlib.compress(header.raw, 9)).decode(),
     }
     encoded: list[str] = []
     with src.open("rb") as fin, dst.open("wb") as fout:
@@ -180,6 +187,9 @@ def compress_checkpoint(
     report = CheckpointReport(src, dst)
     start = time.perf_counter()
     total = sum(f.stat().st_size for f in files if f.suffix == ".safetensors")
+    for f in files:  # refuse a bad input before anything is written
+        if f.suffix == ".safetensors":
+            read_header(f)
     manifest: list[dict[str, object]] = []
     with _staging(dst) as tmp, _progress(total, "compress", progress) as bar:
         for f in files:
@@ -250,8 +260,8 @@ def open_compressed(path: Path) -> CompressedFile:
         )
     try:
         encoded = json.loads(meta[spec.META_ENCODED])
-        original_raw = base64.b64decode(meta[spec.META_ORIGINAL_HEADER], validate=True)
-    except (KeyError, ValueError) as exc:
+        original_raw = zlib.decompress(base64.b64decode(meta[spec.META_ORIGINAL_HEADER], validate=True))
+    except (KeyError, ValueError, zlib.error) as exc:
         raise FormatError(f"{path}: bad floatzip metadata ({exc})") from None
     if not isinstance(encoded, list) or not all(isinstance(n, str) for n in encoded):
         raise FormatError(f"{path}: bad floatzip metadata (encoded names)")
@@ -276,7 +286,9 @@ def read_blob(cf: CompressedFile, f: BinaryIO, name: str) -> CompressedTensor:
     ct = CompressedTensor.from_bytes(read_range(f, cf.header.data_start + e.begin, e.nbytes, str(cf.path)), where)
     o = cf.original.by_name()[name]
     if ct.layout.name != o.dtype or ct.shape != o.shape:
-        raise FormatError(f"{where}: the blob holds {ct.layout.name}{list(ct.shape)}, the original {o.dtype}{list(o.shape)}")
+        raise FormatError(
+            f"{where}: the blob holds {ct.layout.name}{list(ct.shape)}, the original {o.dtype}{list(o.shape)}"
+        )
     return ct
 
 
@@ -357,12 +369,13 @@ def _load_manifest(root: Path) -> list[dict[str, object]]:
     return list(files)
 
 
-def _restore(root: Path, entry: dict[str, object], sink: Callable[[bytes], None], bar: tqdm) -> None:
+def _restore(root: Path, entry: dict[str, object], bar: tqdm) -> Iterator[bytes]:
+    """The original bytes of one manifest entry, piece by piece."""
     rel = str(entry["path"])
     stored = root / rel
     if entry["kind"] == "modified":
         try:
-            sink(base64.b64decode(str(entry["original_b64"]), validate=True))
+            yield base64.b64decode(str(entry["original_b64"]), validate=True)
         except (KeyError, ValueError):
             raise FormatError(f"{root / spec.MANIFEST_NAME}: bad stored original of {rel}") from None
         return
@@ -371,11 +384,11 @@ def _restore(root: Path, entry: dict[str, object], sink: Callable[[bytes], None]
     if entry["kind"] == "copy":
         with stored.open("rb") as f:
             while chunk := f.read(_COPY_CHUNK):
-                sink(chunk)
+                yield chunk
         return
     for piece in _original_stream(open_compressed(stored), check_crc=True):
-        sink(piece)
         bar.update(len(piece))
+        yield piece
 
 
 def _verify_dir(root: Path, out: Path | None, *, progress: bool) -> CheckpointReport:
@@ -388,25 +401,19 @@ def _verify_dir(root: Path, out: Path | None, *, progress: bool) -> CheckpointRe
             rel = str(entry["path"])
             h = hashlib.sha256()
             size = 0
-            target = None
             if out is not None:
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                target = (out / rel).open("wb")
-            try:
-
-                def sink(data: bytes) -> None:
-                    nonlocal size
-                    h.update(data)
-                    size += len(data)
+            with contextlib.ExitStack() as stack:
+                target = stack.enter_context((out / rel).open("wb")) if out is not None else None
+                for piece in _restore(root, entry, bar):
+                    h.update(piece)
+                    size += len(piece)
                     if target is not None:
-                        target.write(data)
-
-                _restore(root, entry, sink, bar)
-            finally:
-                if target is not None:
-                    target.close()
+                        target.write(piece)
             if size != entry.get("size") or h.hexdigest() != entry.get("sha256"):
-                raise IntegrityError(f"{root / rel}: restores to different bytes than the original {rel} (checksum mismatch)")
+                raise IntegrityError(
+                    f"{root / rel}: restores to different bytes than the original {rel} (checksum mismatch)"
+                )
             report.files += 1
             report.original_bytes += size
             if entry["kind"] == "safetensors":

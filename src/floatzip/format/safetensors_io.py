@@ -128,7 +128,9 @@ class StreamingWriter:
     def __init__(self, f: BinaryIO, planned: list[tuple[str, str, int]], metadata: dict[str, str]) -> None:
         """``planned`` lists (name, dtype, ndim) of every tensor that may be written, in any order."""
         widest = 10**19
-        probe = {n: {"dtype": d, "shape": [widest] * max(nd, 1), "data_offsets": [widest, widest]} for n, d, nd in planned}
+        probe: dict[str, dict[str, object]] = {
+            n: {"dtype": d, "shape": [widest] * max(nd, 1), "data_offsets": [widest, widest]} for n, d, nd in planned
+        }
         self._room = len(self._encode(probe, metadata)) + 8
         self._room += -(8 + self._room) % 8
         self._f = f
@@ -144,7 +146,11 @@ class StreamingWriter:
     def add(self, name: str, dtype: str, shape: tuple[int, ...], data: bytes | memoryview) -> None:
         self._f.write(data)
         n = len(data)
-        self._entries[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [self._pos, self._pos + n]}
+        self._entries[name] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [self._pos, self._pos + n],
+        }
         self._pos += n
 
     def finish(self, metadata: dict[str, str] | None = None) -> None:

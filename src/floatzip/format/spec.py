@@ -9,6 +9,7 @@ import torch
 FORMAT_VERSION = 1
 BLOB_MAGIC = b"FZtn"
 MAX_CODE_LEN = 16
+MAX_SYMBOL_BITS = 12  # exponent + joined mantissa bits
 HEADER_FIXED = 48
 ALIGN = 16
 MAX_NDIM = 8
@@ -42,7 +43,7 @@ class FloatLayout:
     @property
     def max_k(self) -> int:
         """The most mantissa bits that may join the exponent in the coded symbol."""
-        return min(self.man_bits, MAX_CODE_LEN - self.exp_bits)
+        return min(self.man_bits, MAX_SYMBOL_BITS - self.exp_bits)
 
     @property
     def nbytes(self) -> int:

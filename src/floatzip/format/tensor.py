@@ -19,7 +19,6 @@ import torch
 from floatzip.codec.huffman import DecodeTables, check_lengths, decode_tables
 from floatzip.errors import FormatError, IntegrityError, VersionError
 from floatzip.format.spec import (
-    ALIGN,
     BLOB_MAGIC,
     FORMAT_VERSION,
     HEADER_FIXED,
@@ -109,18 +108,33 @@ class CompressedTensor:
         return self._blob
 
     @classmethod
-    def from_bytes(cls, blob: bytes | bytearray | memoryview | npt.NDArray[np.uint8], name: str = "blob") -> CompressedTensor:
+    def from_bytes(
+        cls, blob: bytes | bytearray | memoryview | npt.NDArray[np.uint8], name: str = "blob"
+    ) -> CompressedTensor:
         """Parse and validate a blob; ``name`` appears in every error message."""
         return _parse(bytes(blob) if not isinstance(blob, bytes) else blob, name)
 
 
 def _sections(
-    shape: tuple[int, ...], sym_bits: int, used: int, n_tiles: int, lanes: int, code_words: int, raw_words: int
+    shape: tuple[int, ...],
+    sym_bits: int,
+    used: int,
+    n_tiles: int,
+    lanes: int,
+    code_words: int,
+    raw_words: int,
 ) -> tuple[list[tuple[int, int]], int]:
     """(offset, nbytes) of each section, and the blob's total size."""
     pos = align(HEADER_FIXED + 8 * len(shape))
     out = []
-    sizes = (-(-(1 << sym_bits) // 8), used, 4 * (n_tiles + 1), 2 * n_tiles * lanes, 4 * (code_words + 1), 4 * raw_words)
+    sizes = (
+        -(-(1 << sym_bits) // 8),
+        used,
+        4 * (n_tiles + 1),
+        2 * n_tiles * lanes,
+        4 * (code_words + 1),
+        4 * raw_words,
+    )
     for nbytes in sizes:
         out.append((pos, nbytes))
         pos = align(pos + nbytes)
@@ -152,7 +166,7 @@ def _serialize(ct: CompressedTensor) -> bytes:
     )
     struct.pack_into(f"<{len(ct.shape)}Q", buf, HEADER_FIXED, *ct.shape)
     bitmap = np.packbits(used)  # big-endian bit order: symbol 0 is bit 7 of byte 0
-    arrays = (bitmap, ct.code_lengths[used], ct.tile_words, ct.lane_bits, ct.codes, ct.raw)
+    arrays: tuple[np.ndarray, ...] = (bitmap, ct.code_lengths[used], ct.tile_words, ct.lane_bits, ct.codes, ct.raw)
     for (off, nbytes), arr in zip(secs, arrays, strict=True):
         data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
         assert len(data) == nbytes

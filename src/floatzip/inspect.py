@@ -1,0 +1,214 @@
+"""Where the bytes go: per-tensor statistics of a checkpoint, compressed or not, and a plot of them."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from floatzip.codec.encode import compress_tensor
+from floatzip.decode import decode_words
+from floatzip.errors import InputError
+from floatzip.format import spec
+from floatzip.format.checkpoint import is_floatzip_checkpoint, open_compressed, read_blob
+from floatzip.format.safetensors_io import Entry, iter_files, read_header, read_range
+from floatzip.format.tensor import CompressedTensor
+
+
+@dataclass
+class TensorStats:
+    file: str
+    name: str
+    dtype: str
+    shape: list[int]
+    original_bytes: int
+    stored_bytes: int  # as stored (compressed: in the checkpoint; plain: what floatzip would store)
+    encoded: bool
+    exponent_entropy: float | None  # bits per weight, order 0
+    bits_per_weight: float | None
+    mantissa_bits_coded: int | None  # k: top mantissa bits coded with the exponent
+
+    @property
+    def ratio(self) -> float:
+        return self.stored_bytes / self.original_bytes if self.original_bytes else 1.0
+
+
+@dataclass
+class Inspection:
+    path: str
+    compressed: bool
+    tensors: list[TensorStats]
+    exponent_histogram: dict[str, list[int]]  # dtype -> counts over exponent values, float tensors only
+
+    @property
+    def original_bytes(self) -> int:
+        return sum(t.original_bytes for t in self.tensors)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(t.stored_bytes for t in self.tensors)
+
+    def to_json(self) -> str:
+        doc = asdict(self)
+        doc["original_bytes"] = self.original_bytes
+        doc["stored_bytes"] = self.stored_bytes
+        doc["ratio"] = self.stored_bytes / self.original_bytes if self.original_bytes else 1.0
+        for t, d in zip(self.tensors, doc["tensors"], strict=True):
+            d["ratio"] = t.ratio
+        return json.dumps(doc, indent=1)
+
+
+def _exponents(words: np.ndarray, layout: spec.FloatLayout) -> np.ndarray:
+    exp = (words.astype(np.int64) >> layout.man_bits) & ((1 << layout.exp_bits) - 1)
+    return np.bincount(exp, minlength=1 << layout.exp_bits)
+
+
+def _entropy(counts: np.ndarray) -> float:
+    n = counts.sum()
+    p = counts[counts > 0] / n
+    return float(-(p * np.log2(p)).sum()) if n else 0.0
+
+
+def _stats(
+    rel: str, name: str, dtype: str, shape: tuple[int, ...], original: int, stored: int,
+    ct: CompressedTensor | None, words: np.ndarray | None, hist: dict[str, list[int]],
+) -> TensorStats:  # fmt: skip
+    entropy = None
+    layout = spec.LAYOUT_BY_NAME.get(dtype)
+    if layout is not None and words is not None and words.size:
+        counts = _exponents(words, layout)
+        entropy = _entropy(counts)
+        acc = hist.setdefault(dtype, [0] * counts.size)
+        hist[dtype] = [a + int(c) for a, c in zip(acc, counts, strict=True)]
+    n = math.prod(shape)
+    return TensorStats(
+        file=rel,
+        name=name,
+        dtype=dtype,
+        shape=list(shape),
+        original_bytes=original,
+        stored_bytes=stored,
+        encoded=ct is not None,
+        exponent_entropy=entropy,
+        bits_per_weight=8 * stored / n if n else None,
+        mantissa_bits_coded=None if ct is None else ct.layout.man_bits - ct.shift,
+    )
+
+
+def inspect_path(path: str | Path) -> Inspection:
+    """Statistics of every tensor of a checkpoint (a floatzip directory, a model directory or a file)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    compressed = path.is_dir() and is_floatzip_checkpoint(path)
+    files = [path] if path.is_file() else [f for f in iter_files(path) if f.suffix == ".safetensors"]
+    if not files:
+        raise InputError(f"{path}: holds no .safetensors file")
+    root = path if path.is_dir() else path.parent
+    stats: list[TensorStats] = []
+    hist: dict[str, list[int]] = {}
+    words: np.ndarray | None
+    ct: CompressedTensor | None
+    for f in files:
+        rel = f.relative_to(root).as_posix()
+        if compressed:
+            cf = open_compressed(f)
+            ours = cf.header.by_name()
+            with f.open("rb") as fh:
+                for o in cf.original.entries:
+                    e = ours[o.name]
+                    if o.name in cf.encoded:
+                        ct = read_blob(cf, fh, o.name)
+                        words = np.empty(ct.numel, dtype=np.dtype(f"<u{ct.layout.nbytes}"))
+                        decode_words(ct, words)
+                        stats.append(_stats(rel, o.name, o.dtype, o.shape, o.nbytes, e.nbytes, ct, words, hist))
+                    else:
+                        words = _plain_words(fh, cf.header.data_start + e.begin, o, str(f))
+                        stats.append(_stats(rel, o.name, o.dtype, o.shape, o.nbytes, e.nbytes, None, words, hist))
+        else:
+            header = read_header(f)
+            with f.open("rb") as fh:
+                for o in header.entries:
+                    words = _plain_words(fh, header.data_start + o.begin, o, str(f))
+                    ct = None
+                    stored = o.nbytes
+                    if words is not None and words.size >= spec.MIN_ENCODED_NUMEL:
+                        layout = spec.LAYOUT_BY_NAME[o.dtype]
+                        ct = compress_tensor(torch.from_numpy(words.copy()).view(layout.torch_dtype))
+                        stored = min(ct.nbytes, o.nbytes)
+                    stats.append(_stats(rel, o.name, o.dtype, o.shape, o.nbytes, stored, ct, words, hist))
+    return Inspection(str(path), compressed, stats, hist)
+
+
+def _plain_words(fh: BinaryIO, start: int, e: Entry, where: str) -> np.ndarray | None:
+    layout = spec.LAYOUT_BY_NAME.get(e.dtype)
+    if layout is None:
+        return None
+    return np.frombuffer(read_range(fh, start, e.nbytes, where), dtype=np.dtype(f"<u{layout.nbytes}"))
+
+
+def format_table(ins: Inspection, limit: int | None = None) -> str:
+    rows = [("tensor", "dtype", "shape", "exp H", "bits/w", "k", "ratio")]
+    shown = ins.tensors if limit is None else ins.tensors[:limit]
+    for t in shown:
+        rows.append((
+            t.name if len(t.name) <= 48 else "…" + t.name[-47:],
+            t.dtype,
+            "×".join(map(str, t.shape)) or "scalar",
+            "" if t.exponent_entropy is None else f"{t.exponent_entropy:.3f}",
+            "" if t.bits_per_weight is None else f"{t.bits_per_weight:.3f}",
+            "" if t.mantissa_bits_coded is None else str(t.mantissa_bits_coded),
+            f"{100 * t.ratio:.2f}%" + ("" if t.encoded else " (plain)"),
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in rows]  # fmt: skip
+    if limit is not None and len(ins.tensors) > limit:
+        lines.append(f"… {len(ins.tensors) - limit} more tensors (--all shows every one)")
+    total = ins.stored_bytes / ins.original_bytes if ins.original_bytes else 1.0
+    what = "stored" if ins.compressed else "would store"
+    lines.append(f"{len(ins.tensors)} tensors, {ins.original_bytes / 1e6:.2f} MB of tensor data; floatzip {what} "
+                 f"{ins.stored_bytes / 1e6:.2f} MB = {100 * total:.2f}%")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(ins: Inspection, out: str | Path) -> None:
+    """Exponent histogram (log scale) and per-tensor ratio, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError("--plot needs matplotlib: pip install 'floatzip[plot]'") from None
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 8), constrained_layout=True)
+    for dtype, counts in ins.exponent_histogram.items():
+        c = np.asarray(counts, dtype=float)
+        used = np.flatnonzero(c)
+        if used.size:
+            xs = np.arange(used.min(), used.max() + 1)
+            ax1.bar(xs, c[xs], label=f"{dtype} (H = {_entropy(c):.3f} bits)", alpha=0.7)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("biased exponent")
+    ax1.set_ylabel("weights")
+    ax1.set_title("Exponent histogram, all float tensors")
+    ax1.legend()
+    ratios = [100 * t.ratio for t in ins.tensors]
+    colors = ["tab:blue" if t.encoded else "tab:gray" for t in ins.tensors]
+    widths = np.array([t.original_bytes / 1e6 for t in ins.tensors])
+    starts = np.concatenate([[0.0], np.cumsum(widths)[:-1]])
+    ax2.bar(starts, ratios, width=widths, align="edge", color=colors, edgecolor="white", linewidth=0.3)
+    ax2.axhline(100 * ins.stored_bytes / max(ins.original_bytes, 1), color="tab:red", lw=1, label="whole checkpoint")
+    ax2.set_ylim(0, 105)
+    ax2.set_xlabel("original MB, tensors in file order (bar width = tensor size); gray = stored plain")
+    ax2.set_ylabel("stored / original, %")
+    ax2.legend(loc="lower right")
+    ax2.set_title(f"Per-tensor ratio: {Path(ins.path).name}")
+    ax2.legend()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

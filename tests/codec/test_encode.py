@@ -1,0 +1,178 @@
+"""Round trips of compress_tensor for every dtype and every kind of bit pattern, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import floatzip
+from floatzip.codec.encode import choose_split
+from floatzip.codec.huffman import code_lengths
+from floatzip.format.spec import LAYOUTS, FloatLayout
+
+INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+NP_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32}
+TILES = [(32, 1), (32, 4), (64, 3), (128, 8)]
+
+
+def special_words(layout: FloatLayout) -> list[int]:
+    """±0, ±inf, NaNs with payloads, the smallest subnormals, the largest normals, every exponent."""
+    b, m = layout.bits, layout.man_bits
+    sign = 1 << (b - 1)
+    top = ((1 << layout.exp_bits) - 1) << m
+    words = [
+        0,
+        sign,
+        top,
+        sign | top,
+        top | 1,
+        top | (1 << (m - 1)),
+        sign | top | ((1 << m) - 1),
+        1,
+        sign | 1,
+    ]
+    words += [(e << m) | (e * 2654435761 % (1 << m)) for e in range(1 << layout.exp_bits)]
+    return [w & ((1 << b) - 1) for w in words]
+
+
+def as_tensor(words: np.ndarray, layout: FloatLayout) -> torch.Tensor:
+    return torch.from_numpy(words.astype(NP_UINT[layout.nbytes])).view(layout.torch_dtype)
+
+
+def assert_bits_equal(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape
+    view = INT_VIEW[a.element_size()]
+    assert torch.equal(a.view(view), b.view(view))
+
+
+@st.composite
+def word_arrays(draw: st.DrawFn, layout: FloatLayout) -> np.ndarray:
+    n = draw(st.integers(0, 700))
+    kind = draw(st.sampled_from(["any", "special", "gaussian", "constant"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if kind == "any":
+        return rng.integers(0, 1 << layout.bits, n, dtype=np.uint64)
+    if kind == "special":
+        pool = np.array(special_words(layout), dtype=np.uint64)
+        return pool[rng.integers(0, pool.size, n)]
+    if kind == "constant":
+        return np.full(n, draw(st.sampled_from(special_words(layout))), dtype=np.uint64)
+    x = torch.from_numpy(rng.standard_normal(n) * draw(st.sampled_from([1e-3, 0.02, 1.0, 300.0])))
+    return x.to(layout.torch_dtype).view(INT_VIEW[layout.nbytes]).numpy().astype(np.int64).astype(np.uint64) & (
+        (1 << layout.bits) - 1
+    )
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: lay.name)
+@given(data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_round_trip_is_bit_exact(layout: FloatLayout, data: st.DataObject) -> None:
+    words = data.draw(word_arrays(layout))
+    lanes, steps = data.draw(st.sampled_from(TILES))
+    t = as_tensor(words, layout)
+    shape = data.draw(st.sampled_from([(t.numel(),), (1, t.numel())]))
+    t = t.reshape(shape)
+    before = t.clone()
+    ct = floatzip.compress_tensor(t, lanes=lanes, steps=steps)
+    assert_bits_equal(t, before)  # the input is never modified
+    assert ct.shape == tuple(shape) and ct.dtype == layout.torch_dtype
+    for backend in ("cpu", "reference"):
+        assert_bits_equal(floatzip.decompress_tensor(ct, backend=backend), t)
+    again = floatzip.CompressedTensor.from_bytes(ct.to_bytes())
+    assert again.to_bytes() == ct.to_bytes()
+    assert_bits_equal(floatzip.decompress_tensor(again), t)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: lay.name)
+def test_every_exponent_and_special_value_in_one_tensor(layout: FloatLayout) -> None:
+    words = np.array(special_words(layout) * 37, dtype=np.uint64)
+    t = as_tensor(words, layout).reshape(-1, 1)
+    ct = floatzip.compress_tensor(t, lanes=32, steps=8)
+    assert ct.n_tiles > 1
+    assert_bits_equal(floatzip.decompress_tensor(ct), t)
+
+
+def test_long_codes_reach_the_16_bit_cap_and_decode() -> None:
+    # a geometric exponent distribution: rare exponents get the longest codes
+    exps = np.concatenate([np.full(2 ** max(0, 17 - i), 100 + i) for i in range(20)])
+    words = (exps.astype(np.uint64) << 7) | (np.arange(exps.size, dtype=np.uint64) % 128)
+    t = as_tensor(np.random.default_rng(1).permutation(words), LAYOUTS[0])
+    ct = floatzip.compress_tensor(t, lanes=64, steps=64)
+    assert int(ct.code_lengths.max()) >= 14
+    assert_bits_equal(floatzip.decompress_tensor(ct), t)
+
+
+def test_single_symbol_and_empty_tensors() -> None:
+    ones = torch.ones(5000, dtype=torch.bfloat16)
+    ct = floatzip.compress_tensor(ones)
+    assert int((ct.code_lengths > 0).sum()) == 1
+    assert ct.shift == 3  # all four extra mantissa bits go into the (free) symbol
+    assert ct.coded_bits_per_weight < 1 + ct.raw_bits + 0.01  # one bit of code per weight
+    assert_bits_equal(floatzip.decompress_tensor(ct), ones)
+    empty = torch.empty(0, 3, dtype=torch.float16)
+    ce = floatzip.compress_tensor(empty)
+    assert ce.ratio == 1.0
+    assert_bits_equal(floatzip.decompress_tensor(ce), empty)
+    assert_bits_equal(floatzip.decompress_tensor(floatzip.CompressedTensor.from_bytes(ce.to_bytes())), empty)
+
+
+def test_non_contiguous_input_and_out_buffer() -> None:
+    base = (torch.randn(64, 96) * 0.02).to(torch.bfloat16)
+    t = base.t()
+    ct = floatzip.compress_tensor(t, lanes=32, steps=4)
+    out = torch.empty(96, 64, dtype=torch.bfloat16)
+    res = floatzip.decompress_tensor(ct, out=out)
+    assert res.data_ptr() == out.data_ptr()
+    assert_bits_equal(out, t.contiguous())
+
+
+def test_split_choice_is_the_cheapest() -> None:
+    layout = LAYOUTS[0]
+    rng = np.random.default_rng(0)
+    t = (torch.from_numpy(rng.standard_normal(50000)) * 0.02).to(torch.bfloat16)
+    w = t.view(torch.int16).numpy().view(np.uint16)
+    wide = (w >> (layout.man_bits - layout.max_k)).astype(np.int64) & ((1 << (8 + layout.max_k)) - 1)
+    hist = np.bincount(wide, minlength=1 << (8 + layout.max_k))
+    k, _lengths = choose_split(hist, layout)
+    costs = []
+    for kk in range(layout.max_k + 1):
+        merged = hist.reshape(-1, 1 << (layout.max_k - kk)).sum(axis=1)
+        lens = code_lengths(merged)
+        costs.append(
+            int((merged * lens).sum()) + w.size * (layout.man_bits - kk + 1) + merged.size + 8 * int((lens > 0).sum())
+        )
+    assert k == int(np.argmin(costs))
+    assert floatzip.compress_tensor(t).shift == layout.man_bits - k
+
+
+def test_ratio_on_gaussian_bf16_is_about_two_thirds() -> None:
+    t = (torch.randn(512, 512, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
+    ct = floatzip.compress_tensor(t)
+    assert 0.6 < ct.ratio < 0.7
+    assert ct.nbytes == len(ct.to_bytes())
+
+
+def test_wrong_inputs_are_refused() -> None:
+    with pytest.raises(floatzip.InputError, match="floating"):
+        floatzip.compress_tensor(torch.arange(10))
+    with pytest.raises(floatzip.InputError, match="tile"):
+        floatzip.compress_tensor(torch.zeros(10), lanes=3)
+    with pytest.raises(floatzip.InputError, match=r"torch\.Tensor"):
+        floatzip.compress_tensor(np.zeros(3))  # type: ignore[arg-type]
+    ct = floatzip.compress_tensor(torch.zeros(10))
+    with pytest.raises(floatzip.InputError, match="out must"):
+        floatzip.decompress_tensor(ct, out=torch.empty(11))
+    with pytest.raises(floatzip.BackendError, match="unknown decode backend"):
+        floatzip.decompress_tensor(ct, backend="nope")
+
+
+def test_parallel_tiles_never_clobber_each_other() -> None:
+    # thousands of word-aligned tiles packed in parallel: a write into a neighbour's first word would
+    # race; the same input must give the same bytes every time, and decode
+    t = (torch.randn(200_000, generator=torch.Generator().manual_seed(3)) * 0.02).to(torch.bfloat16)
+    blobs = {floatzip.compress_tensor(t, lanes=32, steps=1).to_bytes() for _ in range(4)}
+    assert len(blobs) == 1
+    assert_bits_equal(floatzip.decompress_tensor(floatzip.CompressedTensor.from_bytes(blobs.pop())), t)

@@ -1,0 +1,94 @@
+"""The command line: every verb, and every user mistake as one line on stderr with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from floatzip.cli import main
+from tests.conftest import digests
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_compress_verify_inspect_decompress(
+    small_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "compress", str(small_file), str(tmp_path / "c"), "-q")
+    assert code == 0
+    assert "ratio" in out and "MB/s" in out and "4 of 7 tensors entropy-coded" in out
+    assert run(capsys, "verify", str(tmp_path / "c"), "-q")[:2] == (
+        0,
+        run(capsys, "verify", str(tmp_path / "c"), "-q")[1],
+    )
+    code, out, _ = run(capsys, "inspect", str(tmp_path / "c"), "--json", "--plot", str(tmp_path / "p.png"))
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["compressed"] and len(doc["tensors"]) == 7
+    a = next(t for t in doc["tensors"] if t["name"] == "a.weight")
+    assert a["encoded"] and 0 < a["exponent_entropy"] < 8 and a["bits_per_weight"] < 16
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out, _ = run(capsys, "inspect", str(small_file))
+    assert code == 0 and "would store" in out
+    code, out, _ = run(capsys, "decompress", str(tmp_path / "c"), str(tmp_path / "d"), "-q")
+    assert code == 0 and "every sha256 matches" in out
+    assert digests(tmp_path / "d" / "model.safetensors") == digests(small_file)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compress", "{missing}", "{out}"], "missing: no such file or directory"),
+        (["compress", "{text}", "{out}"], "notes.txt: not a .safetensors file"),
+        (["compress", "{garbage}", "{out}"], "model.safetensors: not a safetensors file"),
+        (["verify", "{missing}"], "missing: no such directory"),
+        (["decompress", "{src}", "{out}"], "not a floatzip checkpoint"),
+        (["inspect", "{missing}"], "missing: no such file or directory"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "model.safetensors").write_bytes(b"\xff" * 64)
+    paths = {"missing": tmp_path / "missing", "text": tmp_path / "notes.txt", "out": tmp_path / "out",
+             "garbage": tmp_path / "src" / "model.safetensors", "src": tmp_path / "src"}  # fmt: skip
+    code, _out, err = run(capsys, *[a.format(**paths) for a in argv])
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("floatzip: error: ") and message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_checkpoint_through_the_installed_command(small_file: Path, tmp_path: Path) -> None:
+    """The console script itself: no traceback, exit 2, the file named."""
+    assert main(["compress", str(small_file), str(tmp_path / "c"), "-q"]) == 0
+    path = tmp_path / "c" / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    exe = Path(sys.executable).parent / "floatzip"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "floatzip.cli"]
+    proc = subprocess.run([*cmd, "verify", str(tmp_path / "c"), "-q"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("floatzip: error: ") and "model.safetensors" in proc.stderr
+
+
+def test_demo_runs_on_the_real_weights(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "demo", "-q")
+    assert code == 0
+    assert "bit-exact        yes" in out
+    ratio = float(out.split("ratio")[1].split("%")[0])
+    assert 60 < ratio < 66.5
