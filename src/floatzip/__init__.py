@@ -15,12 +15,19 @@ from floatzip.errors import (
     IntegrityError,
     VersionError,
 )
+from floatzip.format.checkpoint import (
+    CheckpointReport,
+    compress_checkpoint,
+    decompress_checkpoint,
+    verify_checkpoint,
+)
 from floatzip.format.tensor import CompressedTensor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
+    "CheckpointReport",
     "CompressedTensor",
     "FloatzipError",
     "FormatError",
@@ -28,6 +35,9 @@ __all__ = [
     "IntegrityError",
     "VersionError",
     "__version__",
+    "compress_checkpoint",
     "compress_tensor",
+    "decompress_checkpoint",
     "decompress_tensor",
+    "verify_checkpoint",
 ]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -145,7 +145,7 @@ def inspect_path(path: str | Path) -> Inspection:
     return Inspection(str(path), compressed, stats, hist)
 
 
-def _plain_words(fh: BinaryIO, start: int, e: Entry, where: str) -> np.ndarray | None:
+def _plain_words(fh: io.BufferedIOBase, start: int, e: Entry, where: str) -> np.ndarray | None:
     layout = spec.LAYOUT_BY_NAME.get(e.dtype)
     if layout is None:
         return None

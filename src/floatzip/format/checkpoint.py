@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import json
 import shutil
 import tempfile
@@ -17,7 +18,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -131,7 +131,7 @@ def _source_files(src: Path) -> tuple[Path, list[Path]]:
     return src, files
 
 
-def _words(entry: Entry, data: bytes) -> np.ndarray:
+def _words(entry: Entry, data: bytearray) -> np.ndarray:
     layout = spec.LAYOUT_BY_NAME[entry.dtype]
     return np.frombuffer(data, dtype=np.dtype(f"<u{layout.nbytes}"))
 
@@ -158,10 +158,10 @@ def _compress_file(src: Path, dst: Path, rel: str, report: CheckpointReport, bar
         writer = StreamingWriter(fout, planned, meta)
         for e in header.entries:
             data = read_range(fin, header.data_start + e.begin, e.nbytes, str(src))
-            stored: bytes = data
+            stored: bytes | bytearray = data
             if _should_encode(e):
                 layout = spec.LAYOUT_BY_NAME[e.dtype]
-                t = torch.from_numpy(_words(e, data).copy()).view(layout.torch_dtype).view(e.shape)
+                t = torch.from_numpy(_words(e, data)).view(layout.torch_dtype).view(e.shape)
                 blob = compress_tensor(t, lanes=lanes, steps=steps).to_bytes()
                 if len(blob) < len(data):
                     stored = blob
@@ -279,7 +279,7 @@ def open_compressed(path: Path) -> CompressedFile:
     return CompressedFile(path, header, original, frozenset(encoded))
 
 
-def read_blob(cf: CompressedFile, f: BinaryIO, name: str) -> CompressedTensor:
+def read_blob(cf: CompressedFile, f: io.BufferedIOBase, name: str) -> CompressedTensor:
     """Parse one encoded tensor of ``cf`` and check it against the original header."""
     e = cf.header.by_name()[name]
     where = f"{cf.path}: tensor {name!r}"
@@ -311,7 +311,7 @@ def read_compressed_file(path: str | Path) -> dict[str, CompressedTensor | torch
     return out
 
 
-def _original_stream(cf: CompressedFile, check_crc: bool) -> Iterator[bytes]:
+def _original_stream(cf: CompressedFile, check_crc: bool) -> Iterator[bytes | bytearray]:
     """The original file's bytes, piece by piece: length, header, then each tensor in data order."""
     yield len(cf.original.raw).to_bytes(8, "little") + cf.original.raw
     ours = cf.header.by_name()
@@ -369,7 +369,7 @@ def _load_manifest(root: Path) -> list[dict[str, object]]:
     return list(files)
 
 
-def _restore(root: Path, entry: dict[str, object], bar: tqdm) -> Iterator[bytes]:
+def _restore(root: Path, entry: dict[str, object], bar: tqdm) -> Iterator[bytes | bytearray]:
     """The original bytes of one manifest entry, piece by piece."""
     rel = str(entry["path"])
     stored = root / rel

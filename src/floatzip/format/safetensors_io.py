@@ -6,6 +6,7 @@ exact bytes, which a byte-for-byte restore needs; this module adds just those tw
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -110,10 +111,11 @@ def read_header(path: Path) -> Header:
     return Header(header.raw, header.entries, header.metadata, 8 + n, header.data_size)
 
 
-def read_range(f: BinaryIO, start: int, nbytes: int, where: str) -> bytes:
+def read_range(f: io.BufferedIOBase, start: int, nbytes: int, where: str) -> bytearray:
+    """``nbytes`` bytes at ``start``, in a writable buffer (so NumPy and torch can wrap it without a copy)."""
     f.seek(start)
-    data = f.read(nbytes)
-    if len(data) != nbytes:
+    data = bytearray(nbytes)
+    if f.readinto(data) != nbytes:
         raise FormatError(f"{where}: truncated file")
     return data
 
@@ -143,7 +145,7 @@ class StreamingWriter:
     def _encode(entries: dict[str, dict[str, object]], metadata: dict[str, str]) -> bytes:
         return json.dumps({"__metadata__": metadata, **entries}, separators=(",", ":")).encode()
 
-    def add(self, name: str, dtype: str, shape: tuple[int, ...], data: bytes | memoryview) -> None:
+    def add(self, name: str, dtype: str, shape: tuple[int, ...], data: bytes | bytearray) -> None:
         self._f.write(data)
         n = len(data)
         self._entries[name] = {
