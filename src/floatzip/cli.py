@@ -92,6 +92,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ("compress", f"{r.compress_s:.2f} s ({mb / r.compress_s:.1f} MB/s, includes a full verify)"),
         ("verify", f"{r.verify_s:.2f} s ({mb / r.verify_s:.1f} MB/s)"),
         ("decompress", f"{r.decompress_s:.2f} s ({mb / r.decompress_s:.1f} MB/s)"),
+        ("kernel warm-up", f"{r.warmup_s:.2f} s (Numba compiles once, then loads from its cache)"),
         ("bit-exact", "yes: every restored file has the original's sha256" if r.identical else "NO"),
     ]))  # fmt: skip
     if args.keep:
