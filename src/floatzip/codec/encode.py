@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 
+import numba as nb
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -11,7 +12,15 @@ import torch
 from floatzip.codec import lanes as _lanes
 from floatzip.codec.huffman import canonical_codes, code_lengths
 from floatzip.errors import InputError
-from floatzip.format.spec import DEFAULT_LANES, DEFAULT_STEPS, MAX_LANES, MAX_STEPS, FloatLayout, layout_for
+from floatzip.format.spec import (
+    DEFAULT_LANES,
+    DEFAULT_STEPS,
+    MAX_CODE_LEN,
+    MAX_LANES,
+    MAX_STEPS,
+    FloatLayout,
+    layout_for,
+)
 from floatzip.format.tensor import CompressedTensor
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32}
@@ -46,6 +55,51 @@ def choose_split(hist: npt.NDArray[np.int64], layout: FloatLayout) -> tuple[int,
     return best[1], best[2]
 
 
+def _segment_lanes(lanes: int, steps: int) -> int:
+    """Lanes per encoder work item: about ``SEGMENT_ELEMS`` elements, a power of two dividing ``lanes``."""
+    seg = 1
+    while seg < lanes and 2 * seg * steps <= _lanes.SEGMENT_ELEMS:
+        seg *= 2
+    return seg
+
+
+def _pack(
+    words: npt.NDArray[np.unsignedinteger],
+    shift: int,
+    sym_bits: int,
+    enc: npt.NDArray[np.int64],
+    max_len: int,
+    lanes: int,
+    steps: int,
+) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint16], npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
+    """(tile_words, lane_bits, code stream, raw stream), each stream with its padding word."""
+    n = words.size
+    per_tile = lanes * steps
+    n_tiles = -(-n // per_tile)
+    raw_words = -(-n * (shift + 1) // 32)
+    out_raw = np.empty(raw_words + 1, dtype=np.uint32)
+    out_raw[-1] = 0
+    if n == 0:
+        return np.zeros(1, np.uint32), np.zeros(0, np.uint16), np.zeros(1, np.uint32), out_raw
+    seg_lanes = _segment_lanes(lanes, steps)
+    segs_per_tile = lanes // seg_lanes
+    # a segment holds at most min(n, seg_lanes * steps) codes of max_len bits, plus one word of slack
+    seg_cap = -(-min(n, seg_lanes * steps) * max_len // 32) + 2
+    raw_chunk = max(32, _lanes.SEGMENT_ELEMS)
+    items = _lanes.plan(n, lanes, steps, seg_lanes, raw_chunk)
+    lane_bits = np.empty(n_tiles * lanes, dtype=np.uint16)
+    seg_bits = np.empty(n_tiles * segs_per_tile, dtype=np.int64)
+    scratch = np.empty(n_tiles * segs_per_tile * seg_cap, dtype=np.uint32)
+    with nb.parallel_chunksize(1):  # work items differ in size: hand them out one at a time
+        _lanes.pack(words, items, shift, (1 << sym_bits) - 1, enc, lanes, steps, seg_cap, lane_bits, seg_bits, scratch,
+                    out_raw)  # fmt: skip
+    tile_words = _lanes.tile_word_offsets(seg_bits, segs_per_tile)
+    out_codes = np.empty(int(tile_words[-1]) + 1, dtype=np.uint32)
+    out_codes[-1] = 0
+    _lanes.assemble(scratch, seg_cap, seg_bits, segs_per_tile, tile_words, out_codes)
+    return tile_words, lane_bits, out_codes, out_raw
+
+
 def compress_tensor(t: torch.Tensor, *, lanes: int = DEFAULT_LANES, steps: int = DEFAULT_STEPS) -> CompressedTensor:
     """Code a float tensor losslessly. The input is never modified.
 
@@ -60,23 +114,17 @@ def compress_tensor(t: torch.Tensor, *, lanes: int = DEFAULT_LANES, steps: int =
         raise InputError(f"bad tile shape lanes={lanes}, steps={steps} (see docs/FORMAT.md §1.4)")
     words = tensor_words(t, layout)
     n = words.size
-    wide_shift = layout.man_bits - layout.max_k
-    hist = _lanes.histogram(words, wide_shift, layout.exp_bits + layout.max_k) if n else np.zeros(
-        1 << (layout.exp_bits + layout.max_k), dtype=np.int64
+    nbins = 1 << (layout.exp_bits + layout.max_k)
+    hist = _lanes.histogram(words, layout.man_bits - layout.max_k, layout.exp_bits + layout.max_k,
+                            nb.get_num_threads()) if n else np.zeros(
+        nbins, dtype=np.int64
     )
-    k, lengths = choose_split(hist, layout)
+    k, lengths = _lanes.choose_split(hist, layout.max_k, layout.man_bits, MAX_CODE_LEN)
     shift = layout.man_bits - k
     sym_bits = layout.exp_bits + k
-    sym_mask = (1 << sym_bits) - 1
-    codes = canonical_codes(lengths)
-
-    lane_bits = _lanes.lane_bit_counts(words, shift, sym_mask, lengths.astype(np.int64), lanes, steps)
-    tile_words = _lanes.tile_word_offsets(lane_bits, lanes)
-    out_codes = np.zeros(int(tile_words[-1]) + 1, dtype=np.uint32)
-    out_raw = np.zeros(-(-n * (shift + 1) // 32) + 1, dtype=np.uint32)
-    if n:
-        _lanes.pack(words, shift, sym_mask, lengths.astype(np.int64), codes.astype(np.int64), lanes, steps,
-                    lane_bits, tile_words, out_codes, out_raw)  # fmt: skip
+    enc = (canonical_codes(lengths).astype(np.int64) << 5) | lengths
+    tile_words, lane_bits, out_codes, out_raw = _pack(words, shift, sym_bits, enc, int(lengths.max(initial=1)), lanes,
+                                                      steps)  # fmt: skip
     return CompressedTensor(
         layout=layout,
         shape=tuple(t.shape),
@@ -86,7 +134,7 @@ def compress_tensor(t: torch.Tensor, *, lanes: int = DEFAULT_LANES, steps: int =
         steps=steps,
         code_lengths=lengths,
         tile_words=tile_words,
-        lane_bits=lane_bits.astype(np.uint16),
+        lane_bits=lane_bits,
         codes=out_codes,
         raw=out_raw,
         data_crc32=zlib.crc32(words.view(np.uint8)) & 0xFFFFFFFF,
