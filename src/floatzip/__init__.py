@@ -22,8 +22,13 @@ from floatzip.format.checkpoint import (
     verify_checkpoint,
 )
 from floatzip.format.tensor import CompressedTensor
+from floatzip.runtime import _register
+from floatzip.runtime.blocks import memory_report
+from floatzip.runtime.model import compress_model, load_model
 
 __version__ = "0.1.0"
+
+_register.install()  # registers quant_method "floatzip" with transformers, lazily (transformers is not imported)
 
 __all__ = [
     "BackendError",
@@ -36,8 +41,11 @@ __all__ = [
     "VersionError",
     "__version__",
     "compress_checkpoint",
+    "compress_model",
     "compress_tensor",
     "decompress_checkpoint",
     "decompress_tensor",
+    "load_model",
+    "memory_report",
     "verify_checkpoint",
 ]

@@ -1,0 +1,691 @@
+"""Run a module from its compressed weights, one block at a time.
+
+A *unit* is a group of compressed parameters decoded together, just before its module runs:
+
+* a transformer block, found from ``model._no_split_modules`` (the class names transformers and
+  accelerate never split across devices) and the module tree, outermost first;
+* every module outside the blocks that owns compressed parameters (embeddings, ``lm_head``, a
+  pooler...) is a unit of its own; a unit is never nested in another.
+
+Each device has ONE decode buffer, as large as its largest unit. Every compressed parameter is
+replaced, once, by a view into that buffer at a fixed offset, so a unit's forward pre-hook only has
+to decode: one launch per unit on the GPU (Triton), the Numba decoder on the CPU. Only the unit that
+runs holds valid values; the views of the others are stale until their own hook refills the buffer.
+A tied parameter (``lm_head`` sharing ``embed_tokens``) is stored compressed once and decoded by each
+unit that uses it.
+
+With ``offload``, the compressed bytes stay in host memory (pinned when CUDA exists) and each unit's
+bytes are copied to the device just before decoding (on CUDA: asynchronously, the next unit's copy
+overlapping the current unit's compute).
+
+Nothing here imports transformers: the same runtime serves plain ``nn.Module`` trees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from floatzip.decode import decompress_tensor
+from floatzip.errors import BackendError, InputError
+from floatzip.format.spec import align
+from floatzip.format.tensor import CompressedTensor
+
+ALIGN = 256
+"""Alignment, in bytes, of every parameter in a decode buffer (the Triton backend's own default)."""
+
+RUNTIME_ATTR = "_floatzip_runtime"
+
+
+# ---------------------------------------------------------------------------------------------
+# block discovery
+
+
+def block_class_names(model: nn.Module) -> set[str]:
+    """The class names of ``_no_split_modules`` declared by ``model`` or any of its submodules."""
+    names: set[str] = set()
+    for module in model.modules():
+        declared = getattr(module, "_no_split_modules", None)
+        if declared:
+            names.update(str(n) for n in declared)
+    return names
+
+
+def find_blocks(model: nn.Module, class_names: Iterable[str] | None = None) -> list[str]:
+    """Qualified names of the outermost submodules whose class is one of ``class_names``.
+
+    ``class_names`` defaults to :func:`block_class_names`; a model that declares none has no blocks.
+    """
+    wanted = set(block_class_names(model) if class_names is None else class_names)
+    found: list[str] = []
+
+    def walk(prefix: str, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            full = f"{prefix}.{name}" if prefix else name
+            if type(child).__name__ in wanted:
+                found.append(full)
+            else:
+                walk(full, child)
+
+    if wanted:
+        walk("", model)
+    return found
+
+
+def _ancestors(path: str) -> Iterable[str]:
+    """``a.b.c`` -> ``a.b.c``, ``a.b``, ``a``, ``""``."""
+    parts = path.split(".") if path else []
+    for i in range(len(parts), -1, -1):
+        yield ".".join(parts[:i])
+
+
+def assign_units(param_names: Iterable[str], blocks: Sequence[str]) -> dict[str, list[str]]:
+    """Group parameter names into units: ``{unit module name: [param names]}``, in first-seen order.
+
+    A parameter belongs to the block that contains it; otherwise to its owning module, merged into
+    any other such unit that contains it, so that no unit is nested in another.
+    """
+    block_set = set(blocks)
+    owner: dict[str, str] = {}
+    for name in param_names:
+        module_path = name.rpartition(".")[0]
+        owner[name] = next((a for a in _ancestors(module_path) if a in block_set), module_path)
+    # leaf units: merge a unit into an ancestor unit
+    leaf = sorted(
+        {u for u in owner.values() if u not in block_set}, key=lambda u: (u.count("."), u) if u else (-1, u)
+    )
+    kept: list[str] = []
+    for u in leaf:
+        if not any(a in kept for a in _ancestors(u)):
+            kept.append(u)
+    kept_set = set(kept)
+    units: dict[str, list[str]] = {}
+    for name, u in owner.items():
+        if u not in block_set:
+            u = next(a for a in _ancestors(u) if a in kept_set)
+        units.setdefault(u, []).append(name)
+    return units
+
+
+# ---------------------------------------------------------------------------------------------
+# decoders: fill a unit's part of the buffer
+
+
+class _Decoder(Protocol):
+    nbytes: int  # bytes of buffer the unit's outputs occupy
+    offsets: list[int]  # byte offset of each compressed tensor's output
+    stored_nbytes: int  # bytes of compressed data this decoder keeps resident
+    offloaded: bool
+
+    def parts(self) -> list[tuple[int, int]]: ...
+
+    def decode(self, buffer: torch.Tensor) -> None: ...
+
+
+def _layout(cts: Sequence[CompressedTensor], base: int = 0) -> tuple[list[int], int]:
+    offsets, pos = [], base
+    for ct in cts:
+        pos = align(pos, ALIGN)
+        offsets.append(pos)
+        pos += ct.original_nbytes
+    return offsets, pos
+
+
+def buffer_view(
+    buffer: torch.Tensor, offset: int, dtype: torch.dtype, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """The typed, shaped view of ``buffer`` (flat uint8) at byte ``offset``."""
+    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    return buffer[offset : offset + nbytes].view(dtype).view(shape)
+
+
+class _CpuDecoder:
+    """Numba (or reference) decoding from host-resident compressed tensors."""
+
+    offloaded = False
+
+    def __init__(self, cts: Sequence[CompressedTensor], backend: str) -> None:
+        self.cts = list(cts)
+        self.backend = backend
+        self.offsets, self.nbytes = _layout(self.cts)
+        self.stored_nbytes = sum(ct.nbytes for ct in self.cts)
+
+    def parts(self) -> list[tuple[int, int]]:
+        """(identity, bytes) of the compressed data it keeps: a tensor shared by two units counts once."""
+        return [(id(ct), ct.nbytes) for ct in self.cts]
+
+    def decode(self, buffer: torch.Tensor) -> None:
+        for ct, off in zip(self.cts, self.offsets, strict=True):
+            decompress_tensor(ct, out=buffer_view(buffer, off, ct.dtype, ct.shape), backend=self.backend)
+
+
+_STREAMS = ("tile_words", "lane_bits", "codes", "raw")
+
+
+class _CpuOffloadDecoder:
+    """Offload on the CPU: the unit's streams live in one (pinned when CUDA exists) host tensor and are
+    copied into the device's shared staging area before each decode, which reads them from there."""
+
+    offloaded = True
+
+    def __init__(
+        self, cts: Sequence[CompressedTensor], backend: str, staging: Callable[[int], torch.Tensor]
+    ) -> None:
+        self.backend = backend
+        self.offsets, self.nbytes = _layout(cts)
+        pieces: list[tuple[int, np.ndarray]] = []
+        pos = 0
+        for ct in cts:
+            for f in _STREAMS:
+                arr = getattr(ct, f)
+                pos = align(pos, 16)
+                pieces.append((pos, arr))
+                pos += arr.nbytes
+        self.staged_nbytes = pos
+        store = torch.empty(pos, dtype=torch.uint8, pin_memory=torch.cuda.is_available())
+        raw = store.numpy()
+        for off, arr in pieces:
+            raw[off : off + arr.nbytes] = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
+        self.store = store
+        self.stored_nbytes = pos + sum(ct.code_lengths.nbytes for ct in cts)
+        self._staging = staging
+        self._staging_ptr = -1
+        self._metas = [(ct, [(off, getattr(ct, f)) for f in _STREAMS]) for ct, (off, _) in
+                       zip(cts, pieces[:: len(_STREAMS)], strict=True)]  # fmt: skip
+        self._pieces = pieces
+        self._cts: list[CompressedTensor] = []
+
+    def parts(self) -> list[tuple[int, int]]:
+        return [(id(self), self.stored_nbytes)]
+
+    def _bind(self, stage: torch.Tensor) -> None:
+        """Compressed tensors whose streams are NumPy views of the staging area (rebuilt if it moves)."""
+        raw = stage.numpy()
+        cts = []
+        it = iter(self._pieces)
+        for ct, _ in self._metas:
+            views = {}
+            for f in _STREAMS:
+                off, arr = next(it)
+                views[f] = raw[off : off + arr.nbytes].view(arr.dtype)
+            staged = dataclasses.replace(
+                ct,
+                _blob=None,
+                tile_words=views["tile_words"],
+                lane_bits=views["lane_bits"],
+                codes=views["codes"],
+                raw=views["raw"],
+            )
+            staged.__dict__["tables"] = ct.tables  # the decode tables are tiny: keep them, built once
+            cts.append(staged)
+        self._cts = cts
+        self._staging_ptr = stage.data_ptr()
+
+    def decode(self, buffer: torch.Tensor) -> None:
+        stage = self._staging(self.staged_nbytes)
+        if stage.data_ptr() != self._staging_ptr:
+            self._bind(stage)
+        stage[: self.staged_nbytes].copy_(self.store)
+        for ct, off in zip(self._cts, self.offsets, strict=True):
+            decompress_tensor(ct, out=buffer_view(buffer, off, ct.dtype, ct.shape), backend=self.backend)
+
+
+class _TritonDecoder:
+    """GPU decoding with floatzip.decode.triton: one launch per group of tensors sharing ``lanes``
+    (one group, hence one launch, per unit for any checkpoint floatzip writes)."""
+
+    def __init__(self, cts: Sequence[CompressedTensor], device: torch.device, offload: bool) -> None:
+        from floatzip.decode import triton as tb
+
+        self._tb = tb
+        self.device = device
+        self.offloaded = offload
+        groups: dict[int, list[int]] = {}
+        for i, ct in enumerate(cts):
+            groups.setdefault(ct.lanes, []).append(i)
+        self.offsets = [0] * len(cts)
+        self.batches: list[tuple[int, Any]] = []  # (byte base in the unit, batch)
+        pos = 0
+        for idx in groups.values():
+            batch = tb.prepare([cts[i] for i in idx], device, align=ALIGN)
+            base = align(pos, ALIGN)
+            for i, off in zip(idx, batch.offsets, strict=True):
+                self.offsets[i] = base + off
+            pos = base + batch.nbytes
+            self.batches.append((base, _to_host(batch) if offload else batch))
+        self.nbytes = pos
+        self.stored_nbytes = sum(_batch_nbytes(b) for _, b in self.batches)
+        self._prefetched: list[tuple[int, Any]] | None = None
+        self._event: torch.cuda.Event | None = None
+
+    def parts(self) -> list[tuple[int, int]]:
+        return [(id(self), self.stored_nbytes)]
+
+    def prefetch(self, stream: torch.cuda.Stream) -> None:
+        """Start copying the offloaded batches to the device on ``stream``."""
+        if not self.offloaded or self._prefetched is not None:
+            return
+        with torch.cuda.stream(stream):
+            self._prefetched = [(base, _to_device(b, self.device)) for base, b in self.batches]
+            self._event = torch.cuda.Event()
+            self._event.record(stream)
+
+    def decode(self, buffer: torch.Tensor) -> None:
+        batches = self.batches
+        if self.offloaded:
+            current = torch.cuda.current_stream(self.device)
+            if self._prefetched is not None and self._event is not None:
+                current.wait_event(self._event)
+                batches, self._prefetched, self._event = self._prefetched, None, None
+                for _, b in batches:  # allocated on the copy stream, used on this one
+                    for t in _tensor_fields(b).values():
+                        t.record_stream(current)
+            else:
+                batches = [(base, _to_device(b, self.device)) for base, b in self.batches]
+        for base, batch in batches:
+            self._tb.decode_batch(batch, buffer[base : base + batch.nbytes])
+
+    def check(self) -> None:
+        """Raise IntegrityError if the last decode met a corrupt stream (synchronises)."""
+        if not self.offloaded:
+            for _, batch in self.batches:
+                batch.check()
+
+
+def _tensor_fields(batch: Any) -> dict[str, torch.Tensor]:
+    return {
+        f.name: getattr(batch, f.name)
+        for f in dataclasses.fields(batch)
+        if isinstance(getattr(batch, f.name), torch.Tensor)
+    }
+
+
+def _batch_nbytes(batch: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in _tensor_fields(batch).values())
+
+
+def _to_host(batch: Any) -> Any:
+    pin = torch.cuda.is_available()
+    return dataclasses.replace(batch, **{k: t.cpu().pin_memory() if pin else t.cpu()
+                                         for k, t in _tensor_fields(batch).items()})  # fmt: skip
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    return dataclasses.replace(
+        batch, **{k: t.to(device, non_blocking=True) for k, t in _tensor_fields(batch).items()}
+    )
+
+
+def _pick_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "cpu"
+    if backend not in ("cpu", "reference", "triton"):
+        raise BackendError(f"unknown decode backend {backend!r}; known: auto, cpu, reference, triton")
+    if backend != "triton" and device.type != "cpu":
+        raise BackendError(f"the {backend} decode backend decodes into CPU memory, not {device}")
+    return backend
+
+
+# ---------------------------------------------------------------------------------------------
+# the runtime
+
+
+@dataclass
+class Unit:
+    """One group of compressed parameters decoded together before ``module`` runs."""
+
+    name: str
+    module: nn.Module
+    device: torch.device
+    params: list[str]  # qualified names of the parameter slots it fills
+    decoder: Any
+    handle: RemovableHandle | None = None
+    calls: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.decoder.nbytes)
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Where a floatzip model's weight bytes are.
+
+    ``resident_bytes`` (on the devices) = ``compressed_bytes`` (unless offloaded) + ``buffer_bytes``
+    + ``staging_bytes`` + ``plain_bytes``; offloaded compressed bytes are in ``host_bytes``.
+    ``uncompressed_bytes`` is what the same weights take fully decoded (``decoded_bytes`` + ``plain_bytes``).
+    """
+
+    compressed_bytes: int
+    host_bytes: int
+    buffer_bytes: int
+    staging_bytes: int
+    plain_bytes: int
+    decoded_bytes: int
+    units: int
+    largest_unit_bytes: int
+    per_device: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def resident_bytes(self) -> int:
+        return self.compressed_bytes + self.buffer_bytes + self.staging_bytes + self.plain_bytes
+
+    @property
+    def uncompressed_bytes(self) -> int:
+        return self.decoded_bytes + self.plain_bytes
+
+    @property
+    def ratio(self) -> float:
+        """Resident weight memory over the uncompressed model's."""
+        return self.resident_bytes / self.uncompressed_bytes if self.uncompressed_bytes else 1.0
+
+    def format(self) -> str:
+        mib = 1 << 20
+        rows = [
+            ("compressed weights (resident)", self.compressed_bytes),
+            ("compressed weights (offloaded to host)", self.host_bytes),
+            ("decode buffers", self.buffer_bytes),
+            ("offload staging", self.staging_bytes),
+            ("plain weights (norms, biases, small)", self.plain_bytes),
+            ("resident total", self.resident_bytes),
+            ("uncompressed model", self.uncompressed_bytes),
+        ]
+        lines = [f"  {k:<40} {v / mib:10.3f} MiB" for k, v in rows]
+        lines.append(f"  {'resident / uncompressed':<40} {100 * self.ratio:9.2f} %  ({self.units} units)")
+        return "\n".join(lines)
+
+
+class FloatzipRuntime:
+    """The hooks, buffers and decoders installed on a module by :func:`install`."""
+
+    def __init__(self, backend: str, offload: bool) -> None:
+        self.backend = backend
+        self.offload = offload
+        self.units: list[Unit] = []
+        self.buffers: dict[torch.device, torch.Tensor] = {}
+        self.staging: dict[torch.device, torch.Tensor] = {}
+        self.shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}  # param name -> decoded dtype, shape
+        self.slots: dict[str, tuple[Unit, int]] = {}  # param name -> (unit, index of its tensor in the unit)
+        self._copy_streams: dict[torch.device, Any] = {}
+
+    # -- buffers -------------------------------------------------------------------------
+    def _staging_for(self, device: torch.device) -> Callable[[int], torch.Tensor]:
+        def get(nbytes: int) -> torch.Tensor:
+            stage = self.staging.get(device)
+            if stage is None or stage.numel() < nbytes:
+                stage = torch.empty(nbytes, dtype=torch.uint8, device=device)
+                self.staging[device] = stage
+            return stage
+
+        return get
+
+    # -- hooks ---------------------------------------------------------------------------
+    def _hook(self, unit: Unit, index: int) -> Callable[..., None]:
+        def pre_forward(module: nn.Module, args: Any) -> None:
+            unit.calls += 1
+            unit.decoder.decode(self.buffers[unit.device])
+            if unit.device.type == "cuda" and unit.decoder.offloaded:
+                nxt = self._next_on(unit.device, index)
+                if nxt is not None:
+                    stream = self._copy_streams.setdefault(unit.device, torch.cuda.Stream(unit.device))
+                    nxt.decoder.prefetch(stream)
+
+        return pre_forward
+
+    def _next_on(self, device: torch.device, index: int) -> Unit | None:
+        for unit in self.units[index + 1 :] + self.units[:index]:
+            if unit.device == device:
+                return unit
+        return None
+
+    # -- queries -------------------------------------------------------------------------
+    def decode_unit(self, unit: Unit) -> dict[str, torch.Tensor]:
+        """Decode ``unit`` into its buffer now; its parameters' views, by name."""
+        unit.decoder.decode(self.buffers[unit.device])
+        out = {}
+        for name in unit.params:
+            _, i = self.slots[name]
+            dtype, shape = self.shapes[name]
+            out[name] = buffer_view(self.buffers[unit.device], unit.decoder.offsets[i], dtype, shape)
+        return out
+
+    def decoded_tensors(self, device: torch.device | str | None = "cpu") -> dict[str, torch.Tensor]:
+        """A fresh decoded copy of every compressed parameter, by name; tied names share one tensor."""
+        out: dict[str, torch.Tensor] = {}
+        for unit in self.units:
+            views = self.decode_unit(unit)
+            seen: dict[tuple[int, int], torch.Tensor] = {}
+            for name, view in views.items():
+                key = (view.data_ptr(), view.numel())
+                if key not in seen:
+                    seen[key] = view.to(device, copy=True) if device is not None else view.clone()
+                out[name] = seen[key]
+        # tied across units: the same compressed tensor decoded by two units -> one tensor
+        by_source: dict[int, torch.Tensor] = {}
+        for name in self.slots:
+            src = id(self._sources[name])
+            if src in by_source:
+                out[name] = by_source[src]
+            else:
+                by_source[src] = out[name]
+        return out
+
+    def is_view(self, t: torch.Tensor) -> bool:
+        """True when ``t`` lives in one of the decode buffers."""
+        ptr = t.untyped_storage().data_ptr()
+        return any(b.untyped_storage().data_ptr() == ptr for b in self.buffers.values())
+
+    def memory(self, model: nn.Module) -> MemoryReport:
+        resident: dict[int, tuple[str, int]] = {}
+        host: dict[int, int] = {}
+        for unit in self.units:
+            for key, nbytes in unit.decoder.parts():
+                if unit.decoder.offloaded:
+                    host[key] = nbytes
+                else:
+                    resident[key] = (str(unit.device), nbytes)
+        per_device: dict[str, int] = {}
+        for dev, nbytes in resident.values():
+            per_device[dev] = per_device.get(dev, 0) + nbytes
+        for d, b in [*self.buffers.items(), *self.staging.items()]:
+            per_device[str(d)] = per_device.get(str(d), 0) + b.numel()
+        plain = 0
+        seen: set[int] = set()
+        for t in [*model.parameters(), *model.buffers()]:
+            ptr = t.untyped_storage().data_ptr()
+            if t.device.type == "meta" or self.is_view(t) or ptr in seen:
+                continue
+            seen.add(ptr)
+            plain += t.untyped_storage().nbytes()
+            per_device[str(t.device)] = per_device.get(str(t.device), 0) + t.untyped_storage().nbytes()
+        sources = {id(ct): ct.original_nbytes for ct in self._sources.values()}
+        return MemoryReport(
+            compressed_bytes=sum(n for _, n in resident.values()),
+            host_bytes=sum(host.values()),
+            buffer_bytes=sum(b.numel() for b in self.buffers.values()),
+            staging_bytes=sum(b.numel() for b in self.staging.values()),
+            plain_bytes=plain,
+            decoded_bytes=sum(sources.values()),
+            units=len(self.units),
+            largest_unit_bytes=max((u.nbytes for u in self.units), default=0),
+            per_device=per_device,
+        )
+
+    # -- teardown ------------------------------------------------------------------------
+    def materialize(self, model: nn.Module) -> None:
+        """Replace every view by its own decoded tensor and remove the hooks (the model runs plainly)."""
+        decoded = self.decoded_tensors(device=None)
+        for unit in self.units:
+            if unit.handle is not None:
+                unit.handle.remove()
+        tied: dict[int, nn.Parameter] = {}
+        for name, t in decoded.items():
+            module, attr = _slot(model, name)
+            p = tied.setdefault(id(t), nn.Parameter(t, requires_grad=False))
+            module._parameters[attr] = p
+        self.units.clear()
+        self.buffers.clear()
+        self.staging.clear()
+        if getattr(model, RUNTIME_ATTR, None) is self:
+            delattr(model, RUNTIME_ATTR)
+
+    _sources: dict[str, CompressedTensor]
+
+
+def _slot(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_path, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_path) if module_path else model
+    if attr not in module._parameters:
+        raise InputError(f"{name!r} is not a parameter of the model")
+    return module, attr
+
+
+def install(
+    model: nn.Module,
+    compressed: Mapping[str, CompressedTensor],
+    *,
+    devices: Mapping[str, torch.device] | None = None,
+    device: torch.device | str | None = None,
+    backend: str = "auto",
+    offload: bool = False,
+    blocks: Sequence[str] | None = None,
+) -> FloatzipRuntime:
+    """Make ``model`` run from ``compressed`` (qualified parameter name -> compressed tensor).
+
+    Each named parameter slot is replaced by a view into its device's decode buffer, filled by a
+    forward pre-hook on the slot's unit. Tied names may map to the same compressed tensor.
+    ``devices`` gives each parameter's device (default: where the slot's current tensor is, the CPU
+    for meta tensors); ``device`` overrides it for every unit and also moves every other parameter and
+    buffer there. ``blocks`` overrides the discovered block names (:func:`find_blocks`).
+    """
+    if getattr(model, RUNTIME_ATTR, None) is not None:
+        raise InputError("floatzip's runtime is already installed on this model")
+    target = torch.device(device) if device is not None else None
+    if target is not None and target.type == "cuda" and target.index is None:
+        target = torch.device("cuda", torch.cuda.current_device())
+    rt = FloatzipRuntime(backend, offload)
+    rt._sources = dict(compressed)
+    block_names = list(find_blocks(model) if blocks is None else blocks)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    grouped = dict(
+        sorted(assign_units(compressed, block_names).items(), key=lambda kv: order.get(kv[0], len(order)))
+    )
+
+    def device_of(name: str) -> torch.device:
+        if target is not None:
+            return target
+        if devices is not None and name in devices:
+            return torch.device(devices[name])
+        module, attr = _slot(model, name)
+        current = module._parameters[attr]
+        return (
+            current.device if current is not None and current.device.type != "meta" else torch.device("cpu")
+        )
+
+    shared: dict[tuple[torch.device, str, tuple[int, ...]], Any] = {}
+    for unit_name, names in grouped.items():
+        unit_devices = {device_of(n) for n in names}
+        if len(unit_devices) > 1:
+            raise InputError(
+                f"unit {unit_name!r} has weights on several devices: {sorted(map(str, unit_devices))}"
+            )
+        dev = unit_devices.pop()
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        chosen = _pick_backend(backend, dev)
+        # one compressed tensor per source object: a tied pair inside one unit is decoded once
+        cts: list[CompressedTensor] = []
+        index: dict[int, int] = {}
+        for n in names:
+            ct = compressed[n]
+            if id(ct) not in index:
+                index[id(ct)] = len(cts)
+                cts.append(ct)
+        decoder: Any = shared.get((dev, chosen, tuple(id(ct) for ct in cts)))
+        if decoder is not None:
+            pass  # a unit decoding exactly the same tensors (a tied lm_head): share its compressed copy
+        elif chosen == "triton":
+            decoder = _TritonDecoder(cts, dev, offload)
+        elif offload:
+            decoder = _CpuOffloadDecoder(cts, chosen, rt._staging_for(dev))
+        else:
+            decoder = _CpuDecoder(cts, chosen)
+        shared[(dev, chosen, tuple(id(ct) for ct in cts))] = decoder
+        module = model.get_submodule(unit_name) if unit_name else model
+        unit = Unit(unit_name, module, dev, list(names), decoder)
+        for n in names:
+            rt.slots[n] = (unit, index[id(compressed[n])])
+            rt.shapes[n] = (compressed[n].dtype, compressed[n].shape)
+        rt.units.append(unit)
+
+    for unit in rt.units:
+        size = rt.buffers.get(unit.device)
+        need = max(unit.nbytes, 1)
+        if size is None or size.numel() < need:
+            rt.buffers[unit.device] = torch.empty(need, dtype=torch.uint8, device=unit.device)
+
+    for unit in rt.units:  # allocated now, so that the memory report is right before the first forward
+        if isinstance(unit.decoder, _CpuOffloadDecoder):
+            rt._staging_for(unit.device)(unit.decoder.staged_nbytes)
+
+    for i, unit in enumerate(rt.units):
+        buf = rt.buffers[unit.device]
+        for n in unit.params:
+            module, attr = _slot(model, n)
+            dtype, shape = rt.shapes[n]
+            view = buffer_view(buf, unit.decoder.offsets[rt.slots[n][1]], dtype, shape)
+            module._parameters[attr] = nn.Parameter(view, requires_grad=False)
+        unit.handle = unit.module.register_forward_pre_hook(rt._hook(unit, i))
+
+    if target is not None:
+        _move_rest(model, rt, target)
+    setattr(model, RUNTIME_ATTR, rt)
+    return rt
+
+
+def _move_rest(model: nn.Module, rt: FloatzipRuntime, device: torch.device) -> None:
+    """Move every parameter and buffer that is not a decode-buffer view to ``device``."""
+    for module in model.modules():
+        for attr, p in list(module._parameters.items()):
+            if p is not None and not rt.is_view(p) and p.device != device:
+                module._parameters[attr] = nn.Parameter(p.data.to(device), requires_grad=p.requires_grad)
+        for attr, b in list(module._buffers.items()):
+            if b is not None and b.device != device:
+                module._buffers[attr] = b.to(device)
+
+
+def runtime_of(model: nn.Module) -> FloatzipRuntime | None:
+    """The runtime installed on ``model``, if any."""
+    rt = getattr(model, RUNTIME_ATTR, None)
+    return rt if isinstance(rt, FloatzipRuntime) else None
+
+
+def memory_report(model: nn.Module) -> MemoryReport:
+    """Where ``model``'s weight bytes are (compressed, buffers, plain); see :class:`MemoryReport`."""
+    rt = runtime_of(model)
+    if rt is None:
+        raise InputError("the model does not run from floatzip-compressed weights")
+    return rt.memory(model)
+
+
+__all__ = [
+    "ALIGN",
+    "FloatzipRuntime",
+    "MemoryReport",
+    "Unit",
+    "assign_units",
+    "block_class_names",
+    "buffer_view",
+    "find_blocks",
+    "install",
+    "memory_report",
+    "runtime_of",
+]

@@ -1,0 +1,388 @@
+"""The transformers integration: ``quant_method: "floatzip"`` as a registered quantizer.
+
+Importing this module imports transformers; :mod:`floatzip.runtime._register` imports it only once
+transformers' quantizer registry exists. How a compressed checkpoint loads:
+
+1. ``_process_model_before_weight_loading`` records the shape and dtype every parameter must have
+   and reads the checkpoint's headers (blob sizes, for the memory estimates of ``device_map="auto"``).
+2. Loading: a blob is a U8 1-D tensor under the parameter's own name. ``param_needs_quantization`` is
+   true for every float parameter that may be a blob, which is what lets transformers place a tensor
+   whose shape differs from the parameter's. Where the model has its own weight converters (the
+   per-expert weights of a MoE stacked into one tensor), a decode op runs first, so the converter
+   works on the decoded tensors.
+3. ``_process_model_after_weight_loading`` parses every blob (``CompressedTensor.from_bytes`` checks
+   its checksum: a corrupt checkpoint raises FormatError/IntegrityError here, nothing loads silently
+   wrong), checks its dtype and shape against the parameter's, compresses in memory the float weights
+   that arrived decoded (MoE stacks; checkpoints saved decoded by ``save_pretrained``), and installs
+   the block runtime (:mod:`floatzip.runtime.blocks`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.quantizers.base import HfQuantizer
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from floatzip.codec.encode import compress_tensor
+from floatzip.decode import decompress_tensor
+from floatzip.errors import FloatzipError, FormatError, InputError, VersionError
+from floatzip.format import spec
+from floatzip.format.safetensors_io import read_header
+from floatzip.format.tensor import CompressedTensor
+from floatzip.runtime import blocks
+
+DEFAULT_RATIO = 0.7  # bytes of a blob per original byte, when the checkpoint's headers do not tell
+
+
+class FloatzipConfig(QuantizationConfigMixin):
+    """``quantization_config`` of a floatzip checkpoint.
+
+    Only ``quant_method`` and ``format_version`` are stored in ``config.json``; ``offload`` and
+    ``backend`` are loading options, passed as ``from_pretrained(..., quantization_config=FloatzipConfig(
+    offload=True))``.
+
+    Args:
+        format_version: the checkpoint's floatzip format version.
+        offload: keep the compressed weights in host memory (pinned when CUDA exists), copy each block's
+            bytes to its device just before decoding it.
+        backend: decode backend, ``"auto"`` (Triton on CUDA, Numba on the CPU), ``"cpu"``, ``"triton"``.
+    """
+
+    def __init__(
+        self,
+        format_version: int = spec.FORMAT_VERSION,
+        offload: bool = False,
+        backend: str = "auto",
+        **kwargs: Any,
+    ) -> None:
+        self.quant_method = spec.QUANT_METHOD  # type: ignore[assignment]
+        self.format_version = int(format_version)
+        self.offload = bool(offload)
+        self.backend = backend
+        if self.format_version != spec.FORMAT_VERSION:
+            raise VersionError(
+                f"floatzip format version {self.format_version} is not supported by this floatzip "
+                f"(it reads version {spec.FORMAT_VERSION}); upgrade floatzip"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quant_method": spec.QUANT_METHOD, "format_version": self.format_version}
+
+    def get_loading_attributes(self) -> dict[str, Any]:
+        return {"offload": self.offload, "backend": self.backend}
+
+
+def _is_blob(t: torch.Tensor) -> bool:
+    return t.dtype == torch.uint8 and t.dim() == 1
+
+
+def _decode_blob(t: torch.Tensor, where: str) -> torch.Tensor:
+    """Decode the floatzip blob ``t`` (a U8 1-D tensor) on its device."""
+    ct = CompressedTensor.from_bytes(t.detach().cpu().numpy(), where)
+    return decompress_tensor(ct).to(t.device)
+
+
+def _header_guess(t: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype] | None:
+    """Shape and dtype named by a blob's fixed header, if they look sane (only used for placeholders)."""
+    head = t[: spec.HEADER_FIXED + 8 * spec.MAX_NDIM].detach().cpu().numpy().tobytes()
+    if len(head) < spec.HEADER_FIXED:
+        return None
+    layout = spec.LAYOUT_BY_CODE.get(head[6])
+    ndim = head[7]
+    if layout is None or ndim > spec.MAX_NDIM or len(head) < spec.HEADER_FIXED + 8 * ndim:
+        return None
+    shape = struct.unpack_from(f"<{ndim}Q", head, spec.HEADER_FIXED)
+    if math.prod(shape) > 1 << 34:
+        return None
+    return tuple(int(s) for s in shape), layout.torch_dtype
+
+
+_OPS: dict[str, type] = {}
+
+
+def _op_classes() -> tuple[type, type]:
+    """The decode op run before a model's own weight converters, and its (identity) reverse."""
+    if not _OPS:
+        from transformers.core_model_loading import ConversionOps
+
+        class FloatzipIdentity(ConversionOps):
+            """Saving writes decoded weights: nothing to undo."""
+
+            def convert(self, input_dict: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+                return input_dict
+
+        class FloatzipDecode(ConversionOps):
+            """Decode the blobs among a converter's inputs (e.g. the experts of a MoE, before stacking)."""
+
+            def __init__(self, quantizer: FloatzipHfQuantizer) -> None:
+                self._quantizer = quantizer  # not `hf_quantizer`: transformers would then skip dtype casts
+
+            def __deepcopy__(self, memo: dict[int, Any]) -> FloatzipDecode:
+                # transformers deep-copies converters per weight: errors must reach the one quantizer
+                return FloatzipDecode(self._quantizer)
+
+            def convert(
+                self,
+                input_dict: dict[str, Any],
+                *args: Any,
+                full_layer_name: str | None = None,
+                **kwargs: Any,
+            ) -> dict[str, Any]:
+                out: dict[str, list[torch.Tensor]] = {}
+                failed: list[tuple[str, int, torch.Tensor]] = []
+                for key, tensors in input_dict.items():
+                    out[key] = []
+                    for i, t in enumerate(tensors if isinstance(tensors, list) else [tensors]):
+                        if not _is_blob(t):
+                            out[key].append(t)
+                            continue
+                        where = (
+                            f"{self._quantizer.source}: tensor {key!r} #{i} (a checkpoint name pattern), "
+                            f"for {full_layer_name}"
+                        )
+                        try:
+                            out[key].append(_decode_blob(t, where))
+                        except FloatzipError as exc:
+                            # transformers would log the error, skip the weight, then fail with a generic
+                            # RuntimeError: record floatzip's error instead (the quantizer raises it once
+                            # loading ends, before from_pretrained returns), with a placeholder meanwhile
+                            self._quantizer.errors.append(exc)
+                            out[key].append(t)
+                            failed.append((key, len(out[key]) - 1, t))
+                for key, i, t in failed:
+                    siblings = [u for u in out[key] if not _is_blob(u)]
+                    guess = (tuple(siblings[0].shape), siblings[0].dtype) if siblings else _header_guess(t)
+                    if guess is None:
+                        raise self._quantizer.errors[-1]
+                    out[key][i] = torch.zeros(guess[0], dtype=guess[1], device=t.device)
+                return out
+
+            @property
+            def reverse_op(self) -> ConversionOps:
+                return FloatzipIdentity()
+
+        _OPS["decode"] = FloatzipDecode
+        _OPS["identity"] = FloatzipIdentity
+    return _OPS["decode"], _OPS["identity"]
+
+
+class FloatzipHfQuantizer(HfQuantizer):
+    """Loads floatzip checkpoints and runs them compressed, one block decoded at a time."""
+
+    requires_calibration = False
+
+    quantization_config: FloatzipConfig
+
+    def __init__(self, quantization_config: FloatzipConfig, **kwargs: Any) -> None:
+        super().__init__(quantization_config, **kwargs)
+        self.expected: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        self.candidates: set[str] = set()
+        self.errors: list[FloatzipError] = []
+        self.ratio = DEFAULT_RATIO
+        self.encoded: set[str] = set()
+        self.source = "checkpoint"
+        self.target_device: torch.device | None = None
+
+    # -- before loading ------------------------------------------------------------------
+    def validate_environment(self, *args: Any, device_map: Any = None, **kwargs: Any) -> None:
+        if isinstance(device_map, dict) and "disk" in device_map.values():
+            raise InputError(
+                "floatzip keeps compressed weights in memory and cannot offload to disk; use "
+                "quantization_config=FloatzipConfig(offload=True) to keep them in host memory instead"
+            )
+
+    def update_device_map(self, device_map: Any) -> Any:
+        if not self.quantization_config.offload:
+            return device_map
+        # offload: load everything into host memory; the runtime moves what must run to the device
+        self.target_device = _offload_target(device_map)
+        return {"": "cpu"}
+
+    def _process_model_before_weight_loading(
+        self, model: torch.nn.Module, checkpoint_files: list[str] | None = None, **kwargs: Any
+    ) -> torch.nn.Module:
+        for name, p in model.named_parameters(remove_duplicate=False):
+            self.expected[name] = (tuple(p.shape), p.dtype)
+            if p.dtype in spec.LAYOUT_BY_TORCH and p.numel() >= spec.MIN_ENCODED_NUMEL:
+                self.candidates.add(name)
+        blob_bytes = original_bytes = 0
+        for f in checkpoint_files or []:
+            path = Path(f)
+            if path.suffix != ".safetensors":
+                continue
+            self.source = str(path.parent)
+            header = read_header(path)
+            encoded = json.loads(header.metadata.get(spec.META_ENCODED, "[]"))
+            self.encoded.update(encoded)
+            for e in header.entries:
+                if e.name in encoded:
+                    blob_bytes += e.nbytes
+        if self.encoded:
+            for name in self.encoded & self.candidates:
+                shape, dtype = self.expected[name]
+                original_bytes += math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+            if original_bytes and blob_bytes:
+                self.ratio = min(1.0, blob_bytes / original_bytes)
+        return model
+
+    def param_needs_quantization(self, model: torch.nn.Module, param_name: str, **kwargs: Any) -> bool:
+        # True lets a blob (U8, 1-D) take the place of a float parameter of another shape
+        return bool(self.pre_quantized) and param_name in self.candidates
+
+    def param_element_size(self, model: torch.nn.Module, param_name: str, param: torch.Tensor) -> float:
+        if param_name in self.candidates:
+            return float(param.element_size()) * self.ratio
+        return float(param.element_size())
+
+    def update_weight_conversions(self, weight_conversions: list[Any], model: torch.nn.Module) -> list[Any]:
+        from transformers.core_model_loading import WeightConverter
+
+        decode_op, _ = _op_classes()
+        updated = []
+        for conv in weight_conversions:
+            if isinstance(conv, WeightConverter):
+                ops = [decode_op(self), *conv.operations]
+                conv = conv.copy(
+                    conv._original_source_patterns, conv._original_target_patterns, operations=ops
+                )
+            updated.append(conv)
+        return updated
+
+    # -- after loading -------------------------------------------------------------------
+    def _process_model_after_weight_loading(self, model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
+        if self.errors:
+            raise self.errors[0]
+        compressed = self._compressed_params(model)
+        if compressed:
+            cfg = self.quantization_config
+            blocks.install(
+                model, compressed, device=self.target_device, backend=cfg.backend, offload=cfg.offload
+            )
+        return model
+
+    def _compressed_params(self, model: torch.nn.Module) -> dict[str, CompressedTensor]:
+        """Parse the blobs, compress the float weights that arrived decoded; by parameter name."""
+        by_id: dict[int, CompressedTensor | None] = {}
+        out: dict[str, CompressedTensor] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if name not in self.candidates:
+                continue
+            key = id(p)
+            if key not in by_id:
+                by_id[key] = self._to_compressed(name, p)
+            ct = by_id[key]
+            if ct is not None:
+                out[name] = ct
+        return out
+
+    def _to_compressed(self, name: str, p: torch.Tensor) -> CompressedTensor | None:
+        shape, dtype = self.expected[name]
+        where = f"{self.source}: tensor {name!r}"
+        if p.device.type == "meta":
+            return None  # missing from the checkpoint: transformers reports it
+        if p.dtype == torch.uint8 and p.dim() == 1 and dtype != torch.uint8:
+            ct = CompressedTensor.from_bytes(p.detach().cpu().numpy(), where)
+        elif tuple(p.shape) != shape:
+            raise FormatError(f"{where}: holds shape {list(p.shape)}, the model needs {list(shape)}")
+        elif p.dtype in spec.LAYOUT_BY_TORCH:
+            ct = compress_tensor(p.detach())
+            if ct.nbytes >= ct.original_nbytes:
+                return None  # incompressible: keep it plain
+        else:
+            return None
+        if ct.shape != shape:
+            raise FormatError(
+                f"{where}: the blob holds shape {list(ct.shape)}, the model needs {list(shape)}"
+            )
+        if ct.dtype != dtype:
+            raise InputError(
+                f"{where}: floatzip decodes this weight to {ct.dtype} exactly, but the model was built "
+                f"in {dtype}; load with dtype='auto' or the checkpoint's dtype"
+            )
+        return ct
+
+    # -- the rest of the interface -------------------------------------------------------
+    def is_serializable(self, safe_serialization: bool | None = None) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return False
+
+    def get_state_dict_and_metadata(
+        self, model: torch.nn.Module
+    ) -> tuple[dict[str, torch.Tensor] | None, dict]:
+        """``save_pretrained`` writes the decoded weights (the original model's, bit for bit);
+        ``floatzip.compress_model`` compresses a model into a floatzip checkpoint."""
+        rt = blocks.runtime_of(model)
+        if rt is None:
+            return None, {}
+        state = dict(model.state_dict())
+        decoded = rt.decoded_tensors("cpu")
+        for name, t in decoded.items():
+            if name in state:
+                state[name] = t
+        return state, {}
+
+    def _dequantize(self, model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        rt = blocks.runtime_of(model)
+        if rt is not None:
+            rt.materialize(model)
+        return model
+
+
+def _offload_target(device_map: Any) -> torch.device:
+    """The device an offloaded model runs on: the first accelerator named in ``device_map``."""
+    if device_map is None or device_map == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    if isinstance(device_map, dict):
+        devices = [torch.device(d if not isinstance(d, int) else f"cuda:{d}") for d in device_map.values()
+                   if d not in ("disk",)]  # fmt: skip
+        accel = [d for d in devices if d.type != "cpu"]
+        if len({str(d) for d in accel}) > 1:
+            raise InputError(
+                "floatzip's offload runs the model on one device; give device_map a single device"
+            )
+        return accel[0] if accel else torch.device("cpu")
+    if isinstance(device_map, int):
+        return torch.device("cuda", device_map)
+    return torch.device(device_map)
+
+
+def register() -> None:
+    """Register the floatzip config and quantizer with transformers (idempotent)."""
+    import transformers.quantizers.auto as auto  # already imported when the hook calls us
+
+    mapping = auto.AUTO_QUANTIZER_MAPPING
+    configs = auto.AUTO_QUANTIZATION_CONFIG_MAPPING
+    if (
+        mapping.get(spec.QUANT_METHOD) is FloatzipHfQuantizer
+        and configs.get(spec.QUANT_METHOD) is FloatzipConfig
+    ):
+        return
+    # a reload of floatzip replaces our own earlier classes; anything else under our name is refused
+    for table in (mapping, configs):
+        current = table.get(spec.QUANT_METHOD)
+        if current is not None and current.__module__ != __name__:
+            raise InputError(
+                f"transformers already has a quant_method {spec.QUANT_METHOD!r} from {current.__module__}"
+            )
+        table.pop(spec.QUANT_METHOD, None)
+    auto.register_quantization_config(spec.QUANT_METHOD)(FloatzipConfig)
+    auto.register_quantizer(spec.QUANT_METHOD)(FloatzipHfQuantizer)
+    # transformers merges loading options (offload, backend) passed to from_pretrained into the stored
+    # config only for the config types in this tuple
+    types = getattr(auto, "LOADING_ATTRIBUTES_CONFIG_TYPES", None)
+    if isinstance(types, tuple) and FloatzipConfig not in types:
+        auto.LOADING_ATTRIBUTES_CONFIG_TYPES = (*types, FloatzipConfig)
+
+
+__all__ = ["FloatzipConfig", "FloatzipHfQuantizer", "register"]
+
+register()  # importing this module imports transformers anyway: floatzip is then known to it

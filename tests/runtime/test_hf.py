@@ -1,0 +1,240 @@
+"""from_pretrained on floatzip checkpoints: bit-identical outputs, blocks decoded on use, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from floatzip.errors import FormatError, IntegrityError
+from floatzip.format import spec
+from floatzip.format.safetensors_io import read_header
+from floatzip.runtime import compress_model, memory_report, runtime_of
+from floatzip.runtime.blocks import find_blocks
+
+from .conftest import ARCHS, Fixture, token_ids
+
+transformers = pytest.importorskip("transformers")
+AutoModel = transformers.AutoModel
+AutoModelForCausalLM = transformers.AutoModelForCausalLM
+
+
+def _load(path: Path, **kwargs: object) -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            out.update({k: st.get_tensor(k) for k in st.keys()})  # noqa: SIM118
+    return out
+
+
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_logits_and_generation_bit_identical(tiny_models: dict[str, Fixture], arch: str) -> None:
+    fx = tiny_models[arch]
+    ref = _load(fx.original)
+    model = _load(fx.compressed)
+    ids = token_ids()
+    with torch.no_grad():
+        expect, got = ref(ids).logits, model(ids).logits
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(expect, got)
+    gen_ref = ref.generate(ids[:1], max_new_tokens=8, do_sample=False)
+    gen = model.generate(ids[:1], max_new_tokens=8, do_sample=False)
+    assert gen.shape[1] == ids.shape[1] + 8
+    assert torch.equal(gen_ref, gen)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_blobs_are_used_and_blocks_decode_into_one_buffer(tiny_models: dict[str, Fixture], arch: str) -> None:
+    fx = tiny_models[arch]
+    encoded = json.loads(read_header(fx.compressed / "model.safetensors").metadata[spec.META_ENCODED])
+    assert len(encoded) >= 10
+    model = _load(fx.compressed)
+    rt = runtime_of(model)
+    assert rt is not None and len(rt.buffers) == 1
+    buffer = next(iter(rt.buffers.values()))
+    layers = find_blocks(model)
+    assert layers == [f"model.layers.{i}" for i in range(2)]
+    assert {u.name for u in rt.units} >= {*layers, "model.embed_tokens", "lm_head"}
+    # every blob of the checkpoint became a view into the one decode buffer
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name in encoded:  # per-expert blobs are stacked by transformers: compressed again in memory
+        assert name in rt.slots or ".experts." in name, name
+    if "moe" in arch or arch == "mixtral":
+        assert {
+            f"model.layers.{i}.mlp.experts.{p}" for i in range(2) for p in ("gate_up_proj", "down_proj")
+        } <= set(rt.slots)
+    for name in rt.slots:
+        assert rt.is_view(params[name]), name
+        assert params[name].untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+    assert buffer.numel() == max(u.nbytes for u in rt.units)
+    calls = {u.name: u.calls for u in rt.units}
+    with torch.no_grad():
+        model(token_ids(1, 5))
+    assert all(u.calls == calls[u.name] + 1 for u in rt.units)  # each unit decoded once per forward
+    mem = memory_report(model)
+    assert mem.compressed_bytes < 0.8 * mem.decoded_bytes
+    assert mem.buffer_bytes == buffer.numel()
+
+
+def test_tied_embeddings_are_stored_once(tiny_models: dict[str, Fixture]) -> None:
+    fx = tiny_models["gemma3_text"]
+    assert "lm_head.weight" not in _tensors(fx.compressed)
+    model = _load(fx.compressed)
+    rt = runtime_of(model)
+    assert rt is not None
+    embed, head = rt.slots["model.embed_tokens.weight"][0], rt.slots["lm_head.weight"][0]
+    assert embed is not head and embed.decoder is head.decoder
+    assert rt._sources["model.embed_tokens.weight"] is rt._sources["lm_head.weight"]
+    mem = memory_report(model)
+    assert mem.decoded_bytes == sum(
+        t.numel() * 2 for t in _tensors(fx.original).values() if t.numel() >= 4096
+    )
+
+
+def test_minilm_bert(minilm: Fixture) -> None:
+    ref = AutoModel.from_pretrained(minilm.original).eval()
+    model = AutoModel.from_pretrained(minilm.compressed).eval()
+    rt = runtime_of(model)
+    assert rt is not None
+    assert {"embeddings", *(f"encoder.layer.{i}" for i in range(6))} <= {u.name for u in rt.units}
+    ids = torch.randint(0, 30000, (2, 16), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        a, b = ref(input_ids=ids, attention_mask=mask), model(input_ids=ids, attention_mask=mask)
+    assert torch.equal(a.last_hidden_state, b.last_hidden_state)
+    assert torch.equal(a.pooler_output, b.pooler_output)
+
+
+@pytest.mark.parametrize("device_map", ["cpu", "auto", {"": "cpu"}])
+def test_device_map(tiny_models: dict[str, Fixture], device_map: object) -> None:
+    fx = tiny_models["llama"]
+    ref = _load(fx.original)
+    model = _load(
+        fx.compressed, device_map=device_map, max_memory={"cpu": "1GiB"} if device_map == "auto" else None
+    )
+    ids = token_ids()
+    with torch.no_grad():
+        assert torch.equal(ref(ids).logits, model(ids).logits)
+
+
+def test_offload(tiny_models: dict[str, Fixture]) -> None:
+    from floatzip.runtime.quantizer import FloatzipConfig
+
+    fx = tiny_models["qwen2"]
+    ref = _load(fx.original)
+    model = _load(fx.compressed, quantization_config=FloatzipConfig(offload=True))
+    mem = memory_report(model)
+    assert mem.compressed_bytes == 0 and mem.host_bytes > 0 and mem.staging_bytes > 0
+    ids = token_ids()
+    with torch.no_grad():
+        assert torch.equal(ref(ids).logits, model(ids).logits)
+    assert torch.equal(ref.generate(ids, max_new_tokens=4, do_sample=False),
+                       model.generate(ids, max_new_tokens=4, do_sample=False))  # fmt: skip
+
+
+def test_dequantize_gives_a_plain_model(tiny_models: dict[str, Fixture]) -> None:
+    fx = tiny_models["mixtral"]
+    ref = _load(fx.original)
+    model = _load(fx.compressed)
+    model.dequantize()
+    assert runtime_of(model) is None
+    assert not any(h for m in model.modules() for h in m._forward_pre_hooks.values())
+    ids = token_ids()
+    with torch.no_grad():
+        assert torch.equal(ref(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("arch", ["gemma3_text", "qwen2_moe"])
+def test_save_load_save_is_stable(tiny_models: dict[str, Fixture], tmp_path: Path, arch: str) -> None:
+    fx = tiny_models[arch]
+    model = _load(fx.compressed)
+    # save_pretrained writes the decoded weights: the original tensors, bit for bit
+    model.save_pretrained(tmp_path / "plain")
+    assert _same_tensors(_tensors(fx.original), _tensors(tmp_path / "plain"))
+    # compress_model writes a floatzip checkpoint again: the same tensors as the first compression
+    compress_model(model, tmp_path / "again")
+    assert _same_tensors(_tensors(fx.compressed), _tensors(tmp_path / "again"))
+    reloaded = _load(tmp_path / "again")
+    compress_model(reloaded, tmp_path / "third")
+    assert _same_tensors(_tensors(tmp_path / "again"), _tensors(tmp_path / "third"))
+    # the decoded save carries floatzip's config: loading compresses it in memory, same outputs
+    plain_loaded = _load(tmp_path / "plain")
+    assert runtime_of(plain_loaded) is not None
+    ids = token_ids()
+    with torch.no_grad():
+        expect = _load(fx.original)(ids).logits
+        assert torch.equal(expect, reloaded(ids).logits)
+        assert torch.equal(expect, plain_loaded(ids).logits)
+
+
+def _corrupt_blob(src: Path, dst: Path, name: str, where: str) -> None:
+    import shutil
+
+    shutil.copytree(src, dst)
+    path = dst / "model.safetensors"
+    header = read_header(path)
+    entry = header.by_name()[name]
+    data = bytearray(path.read_bytes())
+    if where == "stream":
+        pos = header.data_start + entry.begin + entry.nbytes // 2
+        data[pos] ^= 0x10
+    else:
+        data[header.data_start + entry.begin] ^= 0xFF  # the magic
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("arch", "name", "where", "error"),
+    [
+        ("llama", "model.layers.1.mlp.up_proj.weight", "stream", IntegrityError),
+        ("llama", "lm_head.weight", "magic", FormatError),
+        ("gemma3_text", "model.embed_tokens.weight", "stream", IntegrityError),
+        ("mixtral", "model.layers.0.block_sparse_moe.experts.2.w1.weight", "stream", IntegrityError),
+    ],
+    ids=["stream", "magic", "tied-embedding", "moe-expert"],
+)
+def test_corrupt_checkpoint_refuses_to_load(
+    tiny_models: dict[str, Fixture], tmp_path: Path, arch: str, name: str, where: str, error: type
+) -> None:
+    bad = tmp_path / "bad"
+    _corrupt_blob(tiny_models[arch].compressed, bad, name, where)
+    # an expert is named by its pattern and index: transformers stacks the experts before floatzip sees them
+    expect = (
+        r"'\.experts\.\*\.w1\.weight' #2 .*experts\.gate_up_proj: checksum"
+        if ".experts." in name
+        else name.replace(".", r"\.")
+    )
+    with pytest.raises(error, match=expect):
+        _load(bad)
+
+
+def test_wrong_dtype_is_refused(tiny_models: dict[str, Fixture]) -> None:
+    from floatzip.errors import InputError
+
+    with pytest.raises(InputError, match=r"decodes this weight to torch\.bfloat16"):
+        _load(tiny_models["llama"].compressed, dtype=torch.float32)
+
+
+def test_cli_compressed_checkpoint_loads(tiny_models: dict[str, Fixture], tmp_path: Path) -> None:
+    fx = tiny_models["qwen2"]
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "floatzip.cli", "compress", str(fx.original), str(out), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert _same_tensors(_tensors(fx.compressed), _tensors(out))
+    ids = token_ids()
+    with torch.no_grad():
+        assert torch.equal(_load(fx.original)(ids).logits, _load(out)(ids).logits)

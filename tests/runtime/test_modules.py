@@ -1,0 +1,119 @@
+"""Plain nn.Modules: compress_model / load_model, and block grouping without transformers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+from torch import nn
+
+from floatzip.errors import InputError
+from floatzip.runtime import compress_model, load_model, memory_report, runtime_of
+from floatzip.runtime.blocks import assign_units, find_blocks
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(64, 128)
+        self.down = nn.Linear(128, 64)
+        self.norm = nn.LayerNorm(64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(torch.relu(self.up(self.norm(x))))
+
+
+class Net(nn.Module):
+    _no_split_modules: ClassVar[list[str]] = ["Block"]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(256, 64)
+        self.blocks = nn.ModuleList([Block() for _ in range(3)])
+        self.head = nn.Linear(64, 256, bias=False)
+        self.head.weight = self.embed.weight  # tied
+        self.register_buffer("steps", torch.arange(5))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        for b in self.blocks:
+            x = b(x)
+        return self.head(x)
+
+
+def _net(seed: int = 0) -> Net:
+    torch.manual_seed(seed)
+    return Net().to(torch.bfloat16).eval()
+
+
+IDS = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("keep_compressed", [False, True])
+def test_compress_and_load_plain_module(tmp_path: Path, keep_compressed: bool) -> None:
+    net = _net()
+    report = compress_model(net, tmp_path / "fz")
+    assert sum(t.encoded for t in report.tensors) == 7  # embed (tied head stored once) + 2 per block
+    with torch.device("meta"):
+        skeleton = Net().to(torch.bfloat16)
+    loaded = load_model(skeleton, tmp_path / "fz", keep_compressed=keep_compressed).eval()
+    with torch.no_grad():
+        assert torch.equal(net(IDS), loaded(IDS))
+    assert torch.equal(loaded.steps, torch.arange(5))
+    rt = runtime_of(loaded)
+    if keep_compressed:
+        assert rt is not None
+        assert [u.name for u in rt.units] == ["embed", "blocks.0", "blocks.1", "blocks.2", "head"]
+        mem = memory_report(loaded)
+        assert mem.buffer_bytes == max(256 * 64, 2 * 128 * 64) * 2  # the largest unit: embed = one block
+    else:
+        assert rt is None
+        assert loaded.head.weight is loaded.embed.weight
+
+
+def test_compress_model_again_is_stable(tmp_path: Path) -> None:
+    net = _net()
+    compress_model(net, tmp_path / "a")
+    with torch.device("meta"):
+        skeleton = Net().to(torch.bfloat16)
+    loaded = load_model(skeleton, tmp_path / "a", keep_compressed=True)
+    compress_model(loaded, tmp_path / "b")
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (
+        tmp_path / "b" / "model.safetensors"
+    ).read_bytes()
+
+
+def test_offload_on_cpu(tmp_path: Path) -> None:
+    net = _net()
+    compress_model(net, tmp_path / "fz")
+    loaded = load_model(Net().to(torch.bfloat16), tmp_path / "fz", keep_compressed=True, offload=True)
+    mem = memory_report(loaded)
+    assert mem.compressed_bytes == 0 and mem.host_bytes > 0 and mem.staging_bytes > 0
+    with torch.no_grad():
+        assert torch.equal(net(IDS), loaded(IDS))
+        assert torch.equal(net(IDS[:1]), loaded(IDS[:1]))
+
+
+def test_load_model_refuses_a_mismatched_module(tmp_path: Path) -> None:
+    compress_model(_net(), tmp_path / "fz")
+    with pytest.raises(InputError, match="does not match the module"):
+        load_model(nn.Linear(3, 3), tmp_path / "fz")
+
+
+def test_units_never_nest() -> None:
+    units = assign_units(
+        ["a.weight", "a.b.weight", "a.b.c.weight", "x.layers.0.q.weight", "x.layers.0.k.weight", "y.weight"],
+        ["x.layers.0"],
+    )
+    assert units == {
+        "a": ["a.weight", "a.b.weight", "a.b.c.weight"],
+        "x.layers.0": ["x.layers.0.q.weight", "x.layers.0.k.weight"],
+        "y": ["y.weight"],
+    }
+
+
+def test_find_blocks_uses_no_split_modules() -> None:
+    assert find_blocks(_net()) == ["blocks.0", "blocks.1", "blocks.2"]
+    assert find_blocks(nn.Sequential(nn.Linear(2, 2))) == []
