@@ -101,23 +101,17 @@ def reset_peak(device: torch.device) -> None:
 
 
 def peak_gib(device: torch.device) -> float:
-    return (
-        torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    )  # n/a on CPU
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")  # n/a on CPU
 
 
 def generate(model: Any, ids: torch.Tensor, new: int, device: torch.device) -> tuple[torch.Tensor, float]:
     with torch.no_grad():
         mask = torch.ones_like(ids)
-        model.generate(
-            ids[:, :8], attention_mask=mask[:, :8], max_new_tokens=2, min_new_tokens=2, do_sample=False
-        )
+        model.generate(ids[:, :8], attention_mask=mask[:, :8], max_new_tokens=2, min_new_tokens=2, do_sample=False)
         sync(device)
         reset_peak(device)
         start = time.perf_counter()
-        out = model.generate(
-            ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False
-        )
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False)
         sync(device)
     return out, ids.shape[0] * new / (time.perf_counter() - start)
 
@@ -134,12 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=64)
-    ap.add_argument(
-        "--offload-gib", type=float, default=8.0, help="device budget for accelerate's CPU offload"
-    )
-    ap.add_argument(
-        "--budget-gib", type=float, default=24.0, help="memory budget for the longest-context estimate"
-    )
+    ap.add_argument("--offload-gib", type=float, default=8.0, help="device budget for accelerate's CPU offload")
+    ap.add_argument("--budget-gib", type=float, default=24.0, help="memory budget for the longest-context estimate")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and device.index is None:
@@ -148,9 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     config = llama_config(args.tiny)
     rows: list[Row] = []
     g = torch.Generator().manual_seed(1)
-    prompts = {
-        b: torch.randint(0, config.vocab_size, (b, args.prompt), generator=g).to(device) for b in batches
-    }
+    prompts = {b: torch.randint(0, config.vocab_size, (b, args.prompt), generator=g).to(device) for b in batches}
 
     # BF16 reference
     model = build(config, device)
@@ -168,9 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     for b in batches:
         out, tps = generate(model, prompts[b], args.new, device)
         same = torch.equal(out.cpu(), reference[b])
-        rows.append(
-            Row("floatzip", b, tps, peak_gib(device), fz_weights, "tokens == bf16" if same else "MISMATCH")
-        )
+        rows.append(Row("floatzip", b, tps, peak_gib(device), fz_weights, "tokens == bf16" if same else "MISMATCH"))
     del model
     gc.collect()
     if device.type == "cuda":

@@ -91,6 +91,4 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
 
 
 def token_ids(batch: int = 2, length: int = 12, seed: int = 0) -> torch.Tensor:
-    return torch.randint(
-        0, COMMON["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed)
-    )
+    return torch.randint(0, COMMON["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed))

@@ -73,9 +73,9 @@ def test_blobs_are_used_and_blocks_decode_into_one_buffer(tiny_models: dict[str,
     for name in encoded:  # per-expert blobs are stacked by transformers: compressed again in memory
         assert name in rt.slots or ".experts." in name, name
     if "moe" in arch or arch == "mixtral":
-        assert {
-            f"model.layers.{i}.mlp.experts.{p}" for i in range(2) for p in ("gate_up_proj", "down_proj")
-        } <= set(rt.slots)
+        assert {f"model.layers.{i}.mlp.experts.{p}" for i in range(2) for p in ("gate_up_proj", "down_proj")} <= set(
+            rt.slots
+        )
     for name in rt.slots:
         assert rt.is_view(params[name]), name
         assert params[name].untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
@@ -99,9 +99,7 @@ def test_tied_embeddings_are_stored_once(tiny_models: dict[str, Fixture]) -> Non
     assert embed is not head and embed.decoder is head.decoder
     assert rt._sources["model.embed_tokens.weight"] is rt._sources["lm_head.weight"]
     mem = memory_report(model)
-    assert mem.decoded_bytes == sum(
-        t.numel() * 2 for t in _tensors(fx.original).values() if t.numel() >= 4096
-    )
+    assert mem.decoded_bytes == sum(t.numel() * 2 for t in _tensors(fx.original).values() if t.numel() >= 4096)
 
 
 def test_minilm_bert(minilm: Fixture) -> None:
@@ -122,9 +120,7 @@ def test_minilm_bert(minilm: Fixture) -> None:
 def test_device_map(tiny_models: dict[str, Fixture], device_map: object) -> None:
     fx = tiny_models["llama"]
     ref = _load(fx.original)
-    model = _load(
-        fx.compressed, device_map=device_map, max_memory={"cpu": "1GiB"} if device_map == "auto" else None
-    )
+    model = _load(fx.compressed, device_map=device_map, max_memory={"cpu": "1GiB"} if device_map == "auto" else None)
     ids = token_ids()
     with torch.no_grad():
         assert torch.equal(ref(ids).logits, model(ids).logits)

@@ -80,9 +80,7 @@ def test_compress_model_again_is_stable(tmp_path: Path) -> None:
         skeleton = Net().to(torch.bfloat16)
     loaded = load_model(skeleton, tmp_path / "a", keep_compressed=True)
     compress_model(loaded, tmp_path / "b")
-    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (
-        tmp_path / "b" / "model.safetensors"
-    ).read_bytes()
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
 def test_offload_on_cpu(tmp_path: Path) -> None:

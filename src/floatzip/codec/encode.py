@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numba as nb
 import numpy as np
@@ -24,6 +25,25 @@ from floatzip.format.spec import (
 from floatzip.format.tensor import CompressedTensor
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32}
+_PARALLEL_CRC_BYTES = 8 << 20  # below this, one zlib.crc32 call beats starting threads
+_crc_pool: ThreadPoolExecutor | None = None
+
+
+def _crc32(data: npt.NDArray[np.uint8]) -> int:
+    """zlib CRC-32 of ``data``; large buffers in one slice per thread (zlib releases the GIL), combined."""
+    threads = nb.get_num_threads()
+    if data.size < _PARALLEL_CRC_BYTES or threads < 2:
+        return zlib.crc32(data.data) & 0xFFFFFFFF
+    global _crc_pool
+    if _crc_pool is None:
+        _crc_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="floatzip-crc")
+    bounds = np.linspace(0, data.size, threads + 1).astype(np.int64)
+    parts = [data[bounds[i] : bounds[i + 1]].data for i in range(threads)]
+    crcs = list(_crc_pool.map(zlib.crc32, parts))
+    crc = crcs[0]
+    for part, part_crc in zip(parts[1:], crcs[1:], strict=True):
+        crc = int(_lanes.crc32_combine(crc, part_crc, part.nbytes))
+    return crc & 0xFFFFFFFF
 
 
 def tensor_words(t: torch.Tensor, layout: FloatLayout) -> npt.NDArray[np.unsignedinteger]:
@@ -86,13 +106,13 @@ def _pack(
     # a segment holds at most min(n, seg_lanes * steps) codes of max_len bits, plus one word of slack
     seg_cap = -(-min(n, seg_lanes * steps) * max_len // 32) + 2
     raw_chunk = max(32, _lanes.SEGMENT_ELEMS)
-    items = _lanes.plan(n, lanes, steps, seg_lanes, raw_chunk)
+    items, order = _lanes.plan(n, lanes, steps, seg_lanes, raw_chunk, nb.get_num_threads())
     lane_bits = np.empty(n_tiles * lanes, dtype=np.uint16)
     seg_bits = np.empty(n_tiles * segs_per_tile, dtype=np.int64)
     scratch = np.empty(n_tiles * segs_per_tile * seg_cap, dtype=np.uint32)
-    with nb.parallel_chunksize(1):  # work items differ in size: hand them out one at a time
-        _lanes.pack(words, items, shift, (1 << sym_bits) - 1, enc, lanes, steps, seg_cap, lane_bits, seg_bits, scratch,
-                    out_raw)  # fmt: skip
+    sym_mask = (1 << sym_bits) - 1
+    tile = (lanes, steps, seg_cap)
+    _lanes.pack(words, items, order, shift, sym_mask, enc, *tile, lane_bits, seg_bits, scratch, out_raw)
     tile_words = _lanes.tile_word_offsets(seg_bits, segs_per_tile)
     out_codes = np.empty(int(tile_words[-1]) + 1, dtype=np.uint32)
     out_codes[-1] = 0
@@ -114,17 +134,17 @@ def compress_tensor(t: torch.Tensor, *, lanes: int = DEFAULT_LANES, steps: int =
         raise InputError(f"bad tile shape lanes={lanes}, steps={steps} (see docs/FORMAT.md §1.4)")
     words = tensor_words(t, layout)
     n = words.size
-    nbins = 1 << (layout.exp_bits + layout.max_k)
-    hist = _lanes.histogram(words, layout.man_bits - layout.max_k, layout.exp_bits + layout.max_k,
-                            nb.get_num_threads()) if n else np.zeros(
-        nbins, dtype=np.int64
-    )
+    wide_bits = layout.exp_bits + layout.max_k
+    if n:
+        hist = _lanes.histogram(words, layout.man_bits - layout.max_k, wide_bits, nb.get_num_threads())
+    else:
+        hist = np.zeros(1 << wide_bits, dtype=np.int64)
     k, lengths = _lanes.choose_split(hist, layout.max_k, layout.man_bits, MAX_CODE_LEN)
     shift = layout.man_bits - k
     sym_bits = layout.exp_bits + k
     enc = (canonical_codes(lengths).astype(np.int64) << 5) | lengths
-    tile_words, lane_bits, out_codes, out_raw = _pack(words, shift, sym_bits, enc, int(lengths.max(initial=1)), lanes,
-                                                      steps)  # fmt: skip
+    max_len = int(lengths.max(initial=1))
+    tile_words, lane_bits, out_codes, out_raw = _pack(words, shift, sym_bits, enc, max_len, lanes, steps)
     return CompressedTensor(
         layout=layout,
         shape=tuple(t.shape),
@@ -137,5 +157,5 @@ def compress_tensor(t: torch.Tensor, *, lanes: int = DEFAULT_LANES, steps: int =
         lane_bits=lane_bits,
         codes=out_codes,
         raw=out_raw,
-        data_crc32=zlib.crc32(words.view(np.uint8)) & 0xFFFFFFFF,
+        data_crc32=_crc32(words.view(np.uint8)),
     )

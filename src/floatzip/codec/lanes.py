@@ -8,8 +8,8 @@ The bytes they produce are fixed by docs/FORMAT.md §1.3–1.4; only the schedul
   same algorithm as :func:`floatzip.codec.huffman.code_lengths` (a stable sort of the merged list is a
   merge in which leaves win ties), so it returns the same lengths.
 * :func:`pack` codes the tensor in one pass over the words. Work items are *segments* (a run of lanes
-  of one tile) and *raw chunks* (a run of elements of the raw stream), scheduled dynamically (the caller
-  sets numba's parallel chunk size to 1), so even
+  of one tile) and *raw chunks* (a run of elements of the raw stream), balanced over the threads by
+  :func:`schedule`, so even
   a one-tile tensor keeps every core busy. A segment walks its lanes one after the other (a lane's
   string follows the previous one with no gap) into its own scratch area with a 64-bit accumulator;
   the lane sizes fall out of the same pass. :func:`assemble` then shifts each tile's segments into
@@ -21,13 +21,14 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-_OPTS = dict(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+_jit = nb.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+_pjit = nb.njit(parallel=True, nogil=True, cache=True, boundscheck=False, error_model="numpy")
 
 HIST_CHUNK = 1 << 15  # fewest elements worth a thread of the histogram
 SEGMENT_ELEMS = 1 << 15  # target elements per code segment and per raw chunk
 
 
-@nb.njit(parallel=True, **_OPTS)
+@_pjit
 def histogram(words, shift, sym_bits, threads):  # pragma: no cover - compiled
     """Counts (int64) of ``(word >> shift) & mask`` over all words: one slice of the words per thread."""
     n = words.size
@@ -57,7 +58,7 @@ def histogram(words, shift, sym_bits, threads):  # pragma: no cover - compiled
     return out
 
 
-@nb.njit(**_OPTS)
+@_jit
 def _package_merge(counts, max_len):  # pragma: no cover - compiled
     """Optimal code lengths of at most ``max_len`` bits; identical to ``huffman.code_lengths``."""
     nsym = counts.size
@@ -119,7 +120,7 @@ def _package_merge(counts, max_len):  # pragma: no cover - compiled
     return lengths
 
 
-@nb.njit(**_OPTS)
+@_jit
 def choose_split(hist, max_k, man_bits, max_len):  # pragma: no cover - compiled
     """(k, code lengths) giving the smallest blob; ``hist`` counts symbols of the widest split.
 
@@ -151,42 +152,77 @@ def choose_split(hist, max_k, man_bits, max_len):  # pragma: no cover - compiled
     return best_k, best_lengths
 
 
-@nb.njit(**_OPTS)
-def plan(n, lanes, steps, seg_lanes, raw_chunk):  # pragma: no cover - compiled
-    """Work items of :func:`pack`: (kind, a, b) rows; kind 0 = lanes [a, b) of a tile, 1 = raw elements [a, b)."""
+@_jit
+def schedule(costs, threads):  # pragma: no cover - compiled
+    """An order of the work items for a static ``prange`` that balances ``threads`` threads.
+
+    numba hands each thread one contiguous block of iterations (its dynamic chunk size is not honoured
+    by every threading layer), so the items are dealt to threads largest first, each to the least loaded
+    (LPT), and laid out thread after thread, each block padded with -1 to the same length.
+    """
+    n = costs.size
+    threads = max(1, min(threads, n))
+    load = np.zeros(threads, dtype=np.int64)
+    owner = np.empty(n, dtype=np.int64)
+    count = np.zeros(threads, dtype=np.int64)
+    for i in np.argsort(-costs, kind="mergesort"):
+        best = 0
+        for th in range(1, threads):
+            if load[th] < load[best]:
+                best = th
+        load[best] += costs[i]
+        owner[i] = best
+        count[best] += 1
+    per = 0
+    for th in range(threads):
+        per = max(per, count[th])
+    order = np.full(threads * per, -1, dtype=np.int64)
+    fill = np.zeros(threads, dtype=np.int64)
+    for i in range(n):
+        th = owner[i]
+        order[th * per + fill[th]] = i
+        fill[th] += 1
+    return order
+
+
+@_jit
+def plan(n, lanes, steps, seg_lanes, raw_chunk, threads):  # pragma: no cover - compiled
+    """Work items of :func:`pack` and their order (see :func:`schedule`).
+
+    Items are (kind, a, b) rows: kind 0 = lanes [a, b) of a tile, kind 1 = raw elements [a, b).
+    """
     per_tile = lanes * steps
     n_tiles = (n + per_tile - 1) // per_tile
     segs = lanes // seg_lanes
     n_raw = (n + raw_chunk - 1) // raw_chunk
     items = np.empty((n_tiles * segs + n_raw, 3), dtype=np.int64)
+    costs = np.empty(n_tiles * segs + n_raw, dtype=np.int64)
     i = 0
-    # interleave code segments and raw chunks so that any contiguous run of items mixes both kinds
-    ratio = max(1, n_raw // max(1, n_tiles * segs))
-    r = 0
     for t in range(n_tiles):
+        m = min(per_tile, n - t * per_tile)
         for g in range(segs):
+            lo = g * seg_lanes
             items[i, 0] = 0
-            items[i, 1] = t * lanes + g * seg_lanes
-            items[i, 2] = t * lanes + (g + 1) * seg_lanes
+            items[i, 1] = t * lanes + lo
+            items[i, 2] = t * lanes + lo + seg_lanes
+            # elements of lanes lo .. lo + seg_lanes - 1 of a tile of m; a code costs about 1.5 raw values
+            elems = 0
+            for c in range(lo, lo + seg_lanes):
+                elems += (m - c + lanes - 1) // lanes if m > c else 0
+            costs[i] = 3 * elems
             i += 1
-            for _ in range(ratio):
-                if r < n_raw:
-                    items[i, 0] = 1
-                    items[i, 1] = r * raw_chunk
-                    items[i, 2] = min(n, (r + 1) * raw_chunk)
-                    i += 1
-                    r += 1
-    while r < n_raw:
+    for r in range(n_raw):
         items[i, 0] = 1
         items[i, 1] = r * raw_chunk
         items[i, 2] = min(n, (r + 1) * raw_chunk)
+        costs[i] = 2 * (items[i, 2] - items[i, 1])
         i += 1
-        r += 1
-    return items
+    return items, schedule(costs, threads)
 
 
-@nb.njit(parallel=True, **_OPTS)
-def pack(words, items, shift, sym_mask, enc, lanes, steps, seg_cap, lane_bits, seg_bits, scratch, out_raw):  # pragma: no cover
+@_pjit
+def pack(words, items, order, shift, sym_mask, enc, lanes, steps, seg_cap, lane_bits, seg_bits, scratch,
+         out_raw):  # fmt: skip  # pragma: no cover - compiled
     """Code every segment into ``scratch`` and write the raw stream into ``out_raw``.
 
     ``enc[sym]`` is ``(code << 5) | length``. Segment ``s`` (``items`` row ``2s`` or so; its index is its
@@ -198,8 +234,10 @@ def pack(words, items, shift, sym_mask, enc, lanes, steps, seg_cap, lane_bits, s
     raw_bits = shift + 1
     low_mask = (1 << shift) - 1
     sign_shift = words.itemsize * 8 - 1
-    n_items = items.shape[0]
-    for it in nb.prange(n_items):
+    for k in nb.prange(order.size):
+        it = order[k]
+        if it < 0:
+            continue
         kind = items[it, 0]
         a = items[it, 1]
         b = items[it, 2]
@@ -281,7 +319,7 @@ def pack(words, items, shift, sym_mask, enc, lanes, steps, seg_cap, lane_bits, s
                 out_raw[q] = np.uint32((acc << np.uint64(32 - pend)) & np.uint64(0xFFFFFFFF))
 
 
-@nb.njit(**_OPTS)
+@_jit
 def tile_word_offsets(seg_bits, segs_per_tile):  # pragma: no cover - compiled
     """``tile_words`` (uint32, n_tiles + 1): each tile starts on the word after the previous one ends."""
     n_tiles = seg_bits.size // segs_per_tile
@@ -297,7 +335,7 @@ def tile_word_offsets(seg_bits, segs_per_tile):  # pragma: no cover - compiled
     return out
 
 
-@nb.njit(parallel=True, **_OPTS)
+@_pjit
 def assemble(scratch, seg_cap, seg_bits, segs_per_tile, tile_words, out_codes):  # pragma: no cover - compiled
     """Concatenate each tile's segments (bit strings, no gap) into the code stream at ``tile_words``."""
     n_tiles = tile_words.size - 1
@@ -324,3 +362,53 @@ def assemble(scratch, seg_cap, seg_bits, segs_per_tile, tile_words, out_codes): 
                     wp += 1
         if pend > 0:
             out_codes[wp] = np.uint32((acc << np.uint64(32 - pend)) & np.uint64(0xFFFFFFFF))
+
+
+@_jit
+def _gf2_times(mat, vec):  # pragma: no cover - compiled
+    s = np.uint32(0)
+    i = 0
+    while vec:
+        if vec & np.uint32(1):
+            s ^= mat[i]
+        vec >>= np.uint32(1)
+        i += 1
+    return s
+
+
+@_jit
+def _gf2_square(square, mat):  # pragma: no cover - compiled
+    for i in range(32):
+        square[i] = _gf2_times(mat, mat[i])
+
+
+@_jit
+def crc32_combine(crc1, crc2, len2):  # pragma: no cover - compiled
+    """CRC-32 of A + B from crc32(A), crc32(B) and len(B) (zlib's crc32_combine, GF(2) matrix method)."""
+    if len2 <= 0:
+        return crc1
+    even = np.empty(32, dtype=np.uint32)
+    odd = np.empty(32, dtype=np.uint32)
+    odd[0] = np.uint32(0xEDB88320)  # the CRC-32 polynomial, reflected: the operator for one zero bit
+    row = np.uint32(1)
+    for i in range(1, 32):
+        odd[i] = row
+        row <<= np.uint32(1)
+    _gf2_square(even, odd)  # two zero bits
+    _gf2_square(odd, even)  # four zero bits
+    c = np.uint32(crc1)
+    n = len2
+    while True:
+        _gf2_square(even, odd)  # first pass: one zero byte
+        if n & 1:
+            c = _gf2_times(even, c)
+        n >>= 1
+        if n == 0:
+            break
+        _gf2_square(odd, even)
+        if n & 1:
+            c = _gf2_times(odd, c)
+        n >>= 1
+        if n == 0:
+            break
+    return c ^ np.uint32(crc2)

@@ -99,9 +99,7 @@ def assign_units(param_names: Iterable[str], blocks: Sequence[str]) -> dict[str,
         module_path = name.rpartition(".")[0]
         owner[name] = next((a for a in _ancestors(module_path) if a in block_set), module_path)
     # leaf units: merge a unit into an ancestor unit
-    leaf = sorted(
-        {u for u in owner.values() if u not in block_set}, key=lambda u: (u.count("."), u) if u else (-1, u)
-    )
+    leaf = sorted({u for u in owner.values() if u not in block_set}, key=lambda u: (u.count("."), u) if u else (-1, u))
     kept: list[str] = []
     for u in leaf:
         if not any(a in kept for a in _ancestors(u)):
@@ -139,9 +137,7 @@ def _layout(cts: Sequence[CompressedTensor], base: int = 0) -> tuple[list[int], 
     return offsets, pos
 
 
-def buffer_view(
-    buffer: torch.Tensor, offset: int, dtype: torch.dtype, shape: tuple[int, ...]
-) -> torch.Tensor:
+def buffer_view(buffer: torch.Tensor, offset: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     """The typed, shaped view of ``buffer`` (flat uint8) at byte ``offset``."""
     nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
     return buffer[offset : offset + nbytes].view(dtype).view(shape)
@@ -176,9 +172,7 @@ class _CpuOffloadDecoder:
 
     offloaded = True
 
-    def __init__(
-        self, cts: Sequence[CompressedTensor], backend: str, staging: Callable[[int], torch.Tensor]
-    ) -> None:
+    def __init__(self, cts: Sequence[CompressedTensor], backend: str, staging: Callable[[int], torch.Tensor]) -> None:
         self.backend = backend
         self.offsets, self.nbytes = _layout(cts)
         pieces: list[tuple[int, np.ndarray]] = []
@@ -319,9 +313,7 @@ def _to_host(batch: Any) -> Any:
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
-    return dataclasses.replace(
-        batch, **{k: t.to(device, non_blocking=True) for k, t in _tensor_fields(batch).items()}
-    )
+    return dataclasses.replace(batch, **{k: t.to(device, non_blocking=True) for k, t in _tensor_fields(batch).items()})
 
 
 def _pick_backend(backend: str, device: torch.device) -> str:
@@ -575,9 +567,7 @@ def install(
     rt._sources = dict(compressed)
     block_names = list(find_blocks(model) if blocks is None else blocks)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    grouped = dict(
-        sorted(assign_units(compressed, block_names).items(), key=lambda kv: order.get(kv[0], len(order)))
-    )
+    grouped = dict(sorted(assign_units(compressed, block_names).items(), key=lambda kv: order.get(kv[0], len(order))))
 
     def device_of(name: str) -> torch.device:
         if target is not None:
@@ -586,17 +576,13 @@ def install(
             return torch.device(devices[name])
         module, attr = _slot(model, name)
         current = module._parameters[attr]
-        return (
-            current.device if current is not None and current.device.type != "meta" else torch.device("cpu")
-        )
+        return current.device if current is not None and current.device.type != "meta" else torch.device("cpu")
 
     shared: dict[tuple[torch.device, str, tuple[int, ...]], Any] = {}
     for unit_name, names in grouped.items():
         unit_devices = {device_of(n) for n in names}
         if len(unit_devices) > 1:
-            raise InputError(
-                f"unit {unit_name!r} has weights on several devices: {sorted(map(str, unit_devices))}"
-            )
+            raise InputError(f"unit {unit_name!r} has weights on several devices: {sorted(map(str, unit_devices))}")
         dev = unit_devices.pop()
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())

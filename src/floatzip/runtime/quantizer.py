@@ -248,9 +248,7 @@ class FloatzipHfQuantizer(HfQuantizer):
         for conv in weight_conversions:
             if isinstance(conv, WeightConverter):
                 ops = [decode_op(self), *conv.operations]
-                conv = conv.copy(
-                    conv._original_source_patterns, conv._original_target_patterns, operations=ops
-                )
+                conv = conv.copy(conv._original_source_patterns, conv._original_target_patterns, operations=ops)
             updated.append(conv)
         return updated
 
@@ -261,9 +259,7 @@ class FloatzipHfQuantizer(HfQuantizer):
         compressed = self._compressed_params(model)
         if compressed:
             cfg = self.quantization_config
-            blocks.install(
-                model, compressed, device=self.target_device, backend=cfg.backend, offload=cfg.offload
-            )
+            blocks.install(model, compressed, device=self.target_device, backend=cfg.backend, offload=cfg.offload)
         return model
 
     def _compressed_params(self, model: torch.nn.Module) -> dict[str, CompressedTensor]:
@@ -297,9 +293,7 @@ class FloatzipHfQuantizer(HfQuantizer):
         else:
             return None
         if ct.shape != shape:
-            raise FormatError(
-                f"{where}: the blob holds shape {list(ct.shape)}, the model needs {list(shape)}"
-            )
+            raise FormatError(f"{where}: the blob holds shape {list(ct.shape)}, the model needs {list(shape)}")
         if ct.dtype != dtype:
             raise InputError(
                 f"{where}: floatzip decodes this weight to {ct.dtype} exactly, but the model was built "
@@ -315,9 +309,7 @@ class FloatzipHfQuantizer(HfQuantizer):
     def is_trainable(self) -> bool:
         return False
 
-    def get_state_dict_and_metadata(
-        self, model: torch.nn.Module
-    ) -> tuple[dict[str, torch.Tensor] | None, dict]:
+    def get_state_dict_and_metadata(self, model: torch.nn.Module) -> tuple[dict[str, torch.Tensor] | None, dict]:
         """``save_pretrained`` writes the decoded weights (the original model's, bit for bit);
         ``floatzip.compress_model`` compresses a model into a floatzip checkpoint."""
         rt = blocks.runtime_of(model)
@@ -346,9 +338,7 @@ def _offload_target(device_map: Any) -> torch.device:
                    if d not in ("disk",)]  # fmt: skip
         accel = [d for d in devices if d.type != "cpu"]
         if len({str(d) for d in accel}) > 1:
-            raise InputError(
-                "floatzip's offload runs the model on one device; give device_map a single device"
-            )
+            raise InputError("floatzip's offload runs the model on one device; give device_map a single device")
         return accel[0] if accel else torch.device("cpu")
     if isinstance(device_map, int):
         return torch.device("cuda", device_map)
@@ -361,18 +351,13 @@ def register() -> None:
 
     mapping = auto.AUTO_QUANTIZER_MAPPING
     configs = auto.AUTO_QUANTIZATION_CONFIG_MAPPING
-    if (
-        mapping.get(spec.QUANT_METHOD) is FloatzipHfQuantizer
-        and configs.get(spec.QUANT_METHOD) is FloatzipConfig
-    ):
+    if mapping.get(spec.QUANT_METHOD) is FloatzipHfQuantizer and configs.get(spec.QUANT_METHOD) is FloatzipConfig:
         return
     # a reload of floatzip replaces our own earlier classes; anything else under our name is refused
     for table in (mapping, configs):
         current = table.get(spec.QUANT_METHOD)
         if current is not None and current.__module__ != __name__:
-            raise InputError(
-                f"transformers already has a quant_method {spec.QUANT_METHOD!r} from {current.__module__}"
-            )
+            raise InputError(f"transformers already has a quant_method {spec.QUANT_METHOD!r} from {current.__module__}")
         table.pop(spec.QUANT_METHOD, None)
     auto.register_quantization_config(spec.QUANT_METHOD)(FloatzipConfig)
     auto.register_quantizer(spec.QUANT_METHOD)(FloatzipHfQuantizer)

