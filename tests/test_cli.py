@@ -90,5 +90,6 @@ def test_demo_runs_on_the_real_weights(capsys: pytest.CaptureFixture[str]) -> No
     code, out, _ = run(capsys, "demo", "-q")
     assert code == 0
     assert "bit-exact        yes" in out
+    assert "run compressed   yes" in out
     ratio = float(out.split("ratio")[1].split("%")[0])
     assert 60 < ratio < 66.5

@@ -33,6 +33,7 @@ class DemoResult:
     decompress_s: float
     identical: bool
     files: int
+    embeddings_identical: bool | None  # the model run straight from the compressed checkpoint (None: no transformers)
 
     @property
     def ratio(self) -> float:
@@ -82,6 +83,7 @@ def run_demo(workdir: Path | None = None, *, progress: bool = False) -> DemoResu
         decompress_checkpoint(base / "minilm-floatzip", base / "minilm-restored", progress=progress)
         t3 = time.perf_counter()
         identical = _digests(original) == _digests(base / "minilm-restored")
+        same_outputs = _run_both(original, base / "minilm-floatzip")
         return DemoResult(
             warmup_s=t0 - tw,
             original_bytes=compressed.original_bytes,
@@ -91,4 +93,25 @@ def run_demo(workdir: Path | None = None, *, progress: bool = False) -> DemoResu
             decompress_s=t3 - t2,
             identical=identical,
             files=compressed.files,
+            embeddings_identical=same_outputs,
         )
+
+
+SENTENCES = ["floatzip keeps every bit of the weights.", "Quantization would have changed these numbers."]
+
+
+def _run_both(original: Path, compressed: Path) -> bool | None:
+    """Run MiniLM from the BF16 directory and straight from the compressed one; are the outputs bit-identical?"""
+    try:
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return None
+    hf_logging.disable_progress_bar()
+    batch = AutoTokenizer.from_pretrained(original)(SENTENCES, padding=True, return_tensors="pt")
+    outputs = []
+    for path in (original, compressed):
+        model = AutoModel.from_pretrained(path, dtype=torch.bfloat16).eval()
+        with torch.no_grad():
+            outputs.append(model(**batch).last_hidden_state)
+    return torch.equal(outputs[0].view(torch.int16), outputs[1].view(torch.int16))
