@@ -42,7 +42,8 @@ def decode_words(ct: CompressedTensor, out: np.ndarray, backend: str = "cpu") ->
     _cpu_backend(backend)(ct, out)
 
 
-def _check_out(ct: CompressedTensor, out: torch.Tensor) -> None:
+def check_out(ct: CompressedTensor, out: torch.Tensor) -> None:
+    """Raise InputError unless ``out`` can hold ``ct`` decoded (dtype, size, contiguous)."""
     if out.dtype != ct.dtype or out.numel() != ct.numel or not out.is_contiguous():
         raise InputError(
             f"out must be a contiguous {ct.dtype} tensor of {ct.numel} elements, "
@@ -63,7 +64,7 @@ def decompress_tensor(
     ``triton`` on CUDA, ``cpu`` elsewhere. ``out``, when given, is filled in place and returned.
     """
     if out is not None:
-        _check_out(ct, out)
+        check_out(ct, out)
         target = out.device
     else:
         target = torch.device(device) if device is not None else torch.device("cpu")

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from floatzip.decode import check_out
 from floatzip.errors import BackendError, InputError, IntegrityError
 from floatzip.format.spec import MAX_CODE_LEN
 from floatzip.format.tensor import CompressedTensor
@@ -280,14 +281,6 @@ def decode_batch(
     _launch(batch, _byte_view(out, batch), batch.out_offsets, canonical, num_warps)
 
 
-def _check_out(ct: CompressedTensor, out: torch.Tensor) -> None:
-    if out.dtype != ct.dtype or out.numel() != ct.numel or not out.is_contiguous():
-        raise InputError(
-            f"out must be a contiguous {ct.dtype} tensor of {ct.numel} elements, "
-            f"got {out.dtype} with {out.numel()} elements"
-        )
-
-
 def decompress(
     ct: CompressedTensor, device: torch.device | str | None = None, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -299,7 +292,7 @@ def decompress(
     _check_device(dev)
     if out is None:
         out = torch.empty(ct.shape, dtype=ct.dtype, device=dev)
-    _check_out(ct, out)
+    check_out(ct, out)
     decompress_many([ct], [out])
     return out
 
@@ -322,7 +315,7 @@ def decompress_many(
     if not outs:
         return []
     for ct, out in zip(cts, outs, strict=True):
-        _check_out(ct, out)
+        check_out(ct, out)
     devices = {out.device for out in outs}
     if len(devices) > 1:
         raise InputError(f"the outputs are on several devices: {sorted(map(str, devices))}")
