@@ -76,6 +76,12 @@ class CheckpointReport:
         return self.compressed_bytes / self.original_bytes if self.original_bytes else 1.0
 
     @property
+    def tensor_ratio(self) -> float:
+        """Stored / original bytes of the tensors alone (no headers, no other files)."""
+        original = sum(t.original_bytes for t in self.tensors)
+        return sum(t.stored_bytes for t in self.tensors) / original if original else 1.0
+
+    @property
     def mb_per_s(self) -> float:
         """Original (uncompressed) megabytes per second."""
         return self.original_bytes / self.seconds / 1e6 if self.seconds else float("inf")
@@ -173,6 +179,62 @@ def _compress_file(src: Path, dst: Path, rel: str, report: CheckpointReport, bar
         writer.finish({**meta, spec.META_ENCODED: json.dumps(encoded)})
 
 
+class CheckpointBuilder:
+    """Adds original files one at a time to a staged checkpoint; :func:`build_checkpoint` makes one.
+
+    A file is read once, hashed and compressed as it is added, so a caller that produces the
+    original files itself (the DF11 converter) can delete each one once it is added.
+    """
+
+    def __init__(self, tmp: Path, report: CheckpointReport, bar: tqdm, lanes: int, steps: int) -> None:
+        self._tmp = tmp
+        self._report = report
+        self._bar = bar
+        self._lanes = lanes
+        self._steps = steps
+        self._manifest: list[dict[str, object]] = []
+
+    def add(self, f: Path, rel: str) -> None:
+        """Add the original file ``f`` under the relative path ``rel``."""
+        out = self._tmp / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        entry: dict[str, object] = {"path": rel, "size": f.stat().st_size, "sha256": _sha256_file(f)}
+        if f.suffix == ".safetensors":
+            _compress_file(f, out, rel, self._report, self._bar, self._lanes, self._steps)
+            entry["kind"] = "safetensors"
+            self._report.original_bytes += f.stat().st_size
+            self._report.compressed_bytes += out.stat().st_size
+        elif rel == "config.json":
+            original = f.read_bytes()
+            out.write_bytes(_with_quantization_config(original, f))
+            entry["kind"] = "modified"
+            entry["original_b64"] = base64.b64encode(original).decode()
+        else:
+            shutil.copyfile(f, out)
+            entry["kind"] = "copy"
+        self._manifest.append(entry)
+        self._report.files += 1
+
+    def _finish(self) -> None:
+        doc = {"format_version": spec.FORMAT_VERSION, "files": self._manifest}
+        (self._tmp / spec.MANIFEST_NAME).write_text(json.dumps(doc, indent=1) + "\n")
+        _verify_dir(self._tmp, None, progress=False)  # reload and compare before reporting success
+
+
+@contextlib.contextmanager
+def build_checkpoint(
+    dst: Path, report: CheckpointReport, *, total: int, lanes: int, steps: int, progress: bool
+) -> Iterator[CheckpointBuilder]:
+    """A :class:`CheckpointBuilder` staged beside ``dst``; on a clean exit the manifest is written, the
+    whole checkpoint is verified, and it is renamed to ``dst``. On an error nothing is left."""
+    start = time.perf_counter()
+    with _staging(dst) as tmp, _progress(total, "compress", progress) as bar:
+        builder = CheckpointBuilder(tmp, report, bar, lanes, steps)
+        yield builder
+        builder._finish()
+    report.seconds = time.perf_counter() - start
+
+
 def compress_checkpoint(
     src: str | Path,
     dst: str | Path,
@@ -185,37 +247,13 @@ def compress_checkpoint(
     src, dst = Path(src), Path(dst)
     root, files = _source_files(src)
     report = CheckpointReport(src, dst)
-    start = time.perf_counter()
     total = sum(f.stat().st_size for f in files if f.suffix == ".safetensors")
     for f in files:  # refuse a bad input before anything is written
         if f.suffix == ".safetensors":
             read_header(f)
-    manifest: list[dict[str, object]] = []
-    with _staging(dst) as tmp, _progress(total, "compress", progress) as bar:
+    with build_checkpoint(dst, report, total=total, lanes=lanes, steps=steps, progress=progress) as builder:
         for f in files:
-            rel = f.relative_to(root).as_posix()
-            out = tmp / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            entry: dict[str, object] = {"path": rel, "size": f.stat().st_size, "sha256": _sha256_file(f)}
-            if f.suffix == ".safetensors":
-                _compress_file(f, out, rel, report, bar, lanes, steps)
-                entry["kind"] = "safetensors"
-                report.original_bytes += f.stat().st_size
-                report.compressed_bytes += out.stat().st_size
-            elif rel == "config.json":
-                original = f.read_bytes()
-                out.write_bytes(_with_quantization_config(original, f))
-                entry["kind"] = "modified"
-                entry["original_b64"] = base64.b64encode(original).decode()
-            else:
-                shutil.copyfile(f, out)
-                entry["kind"] = "copy"
-            manifest.append(entry)
-            report.files += 1
-        doc = {"format_version": spec.FORMAT_VERSION, "files": manifest}
-        (tmp / spec.MANIFEST_NAME).write_text(json.dumps(doc, indent=1) + "\n")
-        _verify_dir(tmp, None, progress=False)  # reload and compare before reporting success
-    report.seconds = time.perf_counter() - start
+            builder.add(f, f.relative_to(root).as_posix())
     return report
 
 
@@ -442,9 +480,11 @@ def is_floatzip_checkpoint(path: str | Path) -> bool:
 
 
 __all__ = [
+    "CheckpointBuilder",
     "CheckpointReport",
     "CompressedFile",
     "TensorReport",
+    "build_checkpoint",
     "compress_checkpoint",
     "decompress_checkpoint",
     "is_floatzip_checkpoint",
