@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from floatzip.errors import FloatzipError
+from floatzip.errors import FloatzipError, InputError
 from floatzip.format import spec
 
 
@@ -30,8 +30,12 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    from floatzip.convert.df11 import is_df11_checkpoint
     from floatzip.format.checkpoint import compress_checkpoint
 
+    if is_df11_checkpoint(args.src):
+        raise InputError(f"{args.src}: a DFloat11 (DF11) checkpoint, already compressed; "
+                         f"floatzip convert {args.src} {args.dst} turns it into a floatzip checkpoint")  # fmt: skip
     r = compress_checkpoint(args.src, args.dst, lanes=args.lanes, steps=args.steps, progress=not args.quiet)
     encoded = sum(t.encoded for t in r.tensors)
     print(f"compressed {args.src} -> {args.dst}")
@@ -42,6 +46,24 @@ def cmd_compress(args: argparse.Namespace) -> int:
         ("ratio", f"{100 * r.ratio:.2f}%"),
         ("time", f"{r.seconds:.2f} s (verified)"),
         ("speed", f"{r.mb_per_s:.1f} MB/s"),
+    ]))  # fmt: skip
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from floatzip.convert.df11 import convert_df11
+
+    r = convert_df11(args.src, args.dst, model_config=args.model_config, lanes=args.lanes, steps=args.steps,
+                     progress=not args.quiet)  # fmt: skip
+    print(f"converted DF11 {args.src} -> floatzip {args.dst}, bit for bit")
+    print(_table([
+        ("weights", f"{r.weights_decoded} decoded from DF11 ({r.files} files written)"),
+        ("BF16", f"{_size(r.bf16_bytes)} of tensors"),
+        ("DF11", f"{_size(r.df11_bytes)} of tensors = {100 * r.df11_ratio:.2f}% of BF16"),
+        ("floatzip", f"{_size(r.tensor_ratio * r.bf16_bytes)} of tensors = {100 * r.tensor_ratio:.2f}% of BF16 "
+                     f"({_size(r.compressed_bytes)} in files with their headers)"),
+        ("time", f"{r.seconds:.2f} s (decode, compress, verify)"),
+        ("speed", f"{r.bf16_bytes / r.seconds / 1e6 if r.seconds else 0.0:.1f} MB/s of BF16"),
     ]))  # fmt: skip
     return 0
 
@@ -66,7 +88,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from floatzip.inspect import format_table, inspect_path, plot
 
-    ins = inspect_path(args.path)
+    ins = inspect_path(args.path, model_config=args.model_config)
     if args.plot:
         plot(ins, args.plot)
     if args.json:
@@ -127,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=int, default=spec.DEFAULT_STEPS, help="symbols per lane (docs/FORMAT.md)")
     c.set_defaults(run=cmd_compress)
 
+    cv = sub.add_parser("convert", help="turn a DFloat11 (DF11) checkpoint into a floatzip one, bit for bit")
+    cv.add_argument("src", type=Path, help="a DF11 checkpoint directory (or its one .safetensors file)")
+    cv.add_argument("dst", type=Path, help="new directory for the floatzip checkpoint")
+    cv.add_argument("--lanes", type=int, default=spec.DEFAULT_LANES, help="lanes per tile (docs/FORMAT.md)")
+    cv.add_argument("--steps", type=int, default=spec.DEFAULT_STEPS, help="symbols per lane (docs/FORMAT.md)")
+    cv.set_defaults(run=cmd_convert)
+
     d = sub.add_parser("decompress", help="restore the original files, byte for byte")
     d.add_argument("src", type=Path)
     d.add_argument("dst", type=Path, help="new directory for the restored files")
@@ -141,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the exponent histogram and per-tensor ratio")
     i.add_argument("--all", action="store_true", help="list every tensor (default: the first 40)")
+    for sp in (cv, i):
+        sp.add_argument("--model-config", type=Path, metavar="CONFIG",
+                        help="DF11: the original model's config.json, if the DF11 checkpoint has none")  # fmt: skip
     i.set_defaults(run=cmd_inspect)
 
     m = sub.add_parser("demo", help="compress, verify and restore all-MiniLM-L6-v2 in BF16 (offline)")
@@ -152,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="a small data set, for a smoke test")
     b.set_defaults(run=cmd_bench)
 
-    for sp in (c, d, v, m):
+    for sp in (c, cv, d, v, m):
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -44,6 +44,7 @@ class Inspection:
     compressed: bool
     tensors: list[TensorStats]
     exponent_histogram: dict[str, list[int]]  # dtype -> counts over exponent values, float tensors only
+    df11_bytes: int | None = None  # a DF11 checkpoint: the tensor bytes DF11 stores (tensors: what it encodes)
 
     @property
     def original_bytes(self) -> int:
@@ -58,6 +59,8 @@ class Inspection:
         doc["original_bytes"] = self.original_bytes
         doc["stored_bytes"] = self.stored_bytes
         doc["ratio"] = self.stored_bytes / self.original_bytes if self.original_bytes else 1.0
+        if self.df11_bytes is not None:
+            doc["df11_ratio"] = self.df11_bytes / self.original_bytes if self.original_bytes else 1.0
         for t, d in zip(self.tensors, doc["tensors"], strict=True):
             d["ratio"] = t.ratio
         return json.dumps(doc, indent=1)
@@ -100,11 +103,17 @@ def _stats(
     )
 
 
-def inspect_path(path: str | Path) -> Inspection:
-    """Statistics of every tensor of a checkpoint (a floatzip directory, a model directory or a file)."""
+def inspect_path(path: str | Path, *, model_config: str | Path | None = None) -> Inspection:
+    """Statistics of every tensor of a checkpoint: a floatzip directory, a model directory or file, or a
+    DF11 checkpoint (its decoded BF16 tensors, what floatzip would store for them, and DF11's size;
+    ``model_config`` as in :func:`floatzip.convert.df11.iter_df11`)."""
+    from floatzip.convert import df11
+
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
+    if df11.is_df11_checkpoint(path):
+        return _inspect_df11(path, model_config)
     compressed = path.is_dir() and is_floatzip_checkpoint(path)
     files = [path] if path.is_file() else [f for f in iter_files(path) if f.suffix == ".safetensors"]
     if not files:
@@ -112,8 +121,6 @@ def inspect_path(path: str | Path) -> Inspection:
     root = path if path.is_dir() else path.parent
     stats: list[TensorStats] = []
     hist: dict[str, list[int]] = {}
-    words: np.ndarray | None
-    ct: CompressedTensor | None
     for f in files:
         rel = f.relative_to(root).as_posix()
         if compressed:
@@ -128,21 +135,38 @@ def inspect_path(path: str | Path) -> Inspection:
                         decode_words(ct, words)
                         stats.append(_stats(rel, o.name, o.dtype, o.shape, o.nbytes, e.nbytes, ct, words, hist))
                     else:
-                        words = _plain_words(fh, cf.header.data_start + e.begin, o, str(f))
-                        stats.append(_stats(rel, o.name, o.dtype, o.shape, o.nbytes, e.nbytes, None, words, hist))
+                        plain = _plain_words(fh, cf.header.data_start + e.begin, o, str(f))
+                        stats.append(_stats(rel, o.name, o.dtype, o.shape, o.nbytes, e.nbytes, None, plain, hist))
         else:
             header = read_header(f)
             with f.open("rb") as fh:
                 for o in header.entries:
-                    words = _plain_words(fh, header.data_start + o.begin, o, str(f))
-                    ct = None
-                    stored = o.nbytes
-                    if words is not None and words.size >= spec.MIN_ENCODED_NUMEL:
-                        layout = spec.LAYOUT_BY_NAME[o.dtype]
-                        ct = compress_tensor(torch.from_numpy(words.copy()).view(layout.torch_dtype))
-                        stored = min(ct.nbytes, o.nbytes)
-                    stats.append(_stats(rel, o.name, o.dtype, o.shape, o.nbytes, stored, ct, words, hist))
+                    data = read_range(fh, header.data_start + o.begin, o.nbytes, str(f))
+                    stats.append(_would_store(rel, o.name, o.dtype, o.shape, data, hist))
     return Inspection(str(path), compressed, stats, hist)
+
+
+def _inspect_df11(path: Path, model_config: str | Path | None) -> Inspection:
+    from floatzip.convert import df11
+
+    hist: dict[str, list[int]] = {}
+    stats = [_would_store(t.file, t.name, t.dtype, t.shape, t.data, hist)
+             for t in df11.iter_df11(path, model_config=model_config)]  # fmt: skip
+    return Inspection(str(path), False, stats, hist, df11_bytes=df11.df11_sizes(path)[0])
+
+
+def _would_store(
+    rel: str, name: str, dtype: str, shape: tuple[int, ...], data: bytes | bytearray, hist: dict[str, list[int]]
+) -> TensorStats:
+    """Statistics of a plain tensor, with what floatzip would store for it."""
+    layout = spec.LAYOUT_BY_NAME.get(dtype)
+    words = None if layout is None else np.frombuffer(data, dtype=np.dtype(f"<u{layout.nbytes}"))
+    ct = None
+    stored = len(data)
+    if layout is not None and words is not None and words.size >= spec.MIN_ENCODED_NUMEL:
+        ct = compress_tensor(torch.from_numpy(words.copy()).view(layout.torch_dtype).reshape(shape))
+        stored = min(ct.nbytes, len(data))
+    return _stats(rel, name, dtype, shape, len(data), stored, ct, words, hist)
 
 
 def _plain_words(fh: io.BufferedIOBase, start: int, e: Entry, where: str) -> np.ndarray | None:
@@ -174,6 +198,10 @@ def format_table(ins: Inspection, limit: int | None = None) -> str:
     what = "stored" if ins.compressed else "would store"
     lines.append(f"{len(ins.tensors)} tensors, {ins.original_bytes / 1e6:.2f} MB of tensor data; floatzip {what} "
                  f"{ins.stored_bytes / 1e6:.2f} MB = {100 * total:.2f}%")  # fmt: skip
+    if ins.df11_bytes is not None:
+        df11 = ins.df11_bytes / ins.original_bytes if ins.original_bytes else 1.0
+        lines.append(f"a DF11 checkpoint: DF11 stores {ins.df11_bytes / 1e6:.2f} MB = {100 * df11:.2f}% "
+                     f"(floatzip convert makes it a floatzip checkpoint)")  # fmt: skip
     return "\n".join(lines)
 
 

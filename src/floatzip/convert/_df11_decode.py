@@ -1,0 +1,276 @@
+"""CPU decoder of one DFloat11 (DF11) block: its Huffman-coded exponents back to BF16 words.
+
+What a DF11 block holds (dfloat11 0.2-0.5, one block = the concatenated, flattened BF16 weights of
+one module or of a list of its sub-modules):
+
+* ``sign_mantissa`` (uint8, one per weight): ``sign << 7 | mantissa``.
+* ``encoded_exponent`` (uint8): the 8-bit exponents, Huffman-coded, one bit string read MSB-first,
+  the codes back to back. The code is not canonical; at most 32 bits per code. The tail of the last
+  byte holds the start of an end-of-stream code, which decodes to nothing useful and is ignored.
+* ``luts`` (uint8, ``(T + 1) x 256``): the code as ``T`` byte-indexed tables plus, in the last row,
+  the code length of every exponent value (0 = unused). Table 0 decodes the first byte of a code;
+  an entry is either an exponent value (the code ends in this byte) or, for values above
+  ``256 - T``, a link ``256 - v`` to the table that decodes the next byte.
+* ``gaps`` (5 bits per window, packed MSB-first): the stream is cut into windows of
+  ``8 * bytes_per_thread`` bits; a window's gap is where, inside it, the first code *starting* in
+  it begins. A window owns the codes that start inside it, so windows decode independently.
+* ``output_positions`` (uint32 little-endian, stored as uint8): for each run of ``threads_per_block``
+  windows, the index of its first weight, then the total number of weights.
+* ``split_positions`` (int64): where the concatenated weights split into the sub-modules' weights.
+
+Decoding here: every window is decoded on its own (Numba, parallel over windows) once to count its
+codes and once to write them; the window offsets are a prefix sum of the counts. Nothing is trusted:
+the tables are checked before use, every window must end exactly where the next one's gap says its
+first code starts, the counts must agree with ``output_positions`` and with the number of weights,
+and a code that leads nowhere is an error. A failure raises FormatError (malformed tables or sizes)
+or IntegrityError (a stream that does not decode consistently), naming the file and the tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+import numpy.typing as npt
+
+from floatzip.errors import FormatError, IntegrityError
+
+_jit = nb.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+_pjit = nb.njit(parallel=True, nogil=True, cache=True, boundscheck=False, error_model="numpy")
+
+MAX_CODE_BITS = 32  # DF11 limits its codes to 32 bits, so a code spans at most 4 table levels
+GAP_BITS = 5
+_PAD_BYTES = 8  # zero bytes after the stream, so a 5-byte read at any bit inside it stays in bounds
+# after the last weight only the rest of the last byte is left: at most 7 more (meaningless) codes start there
+_MAX_TAIL_CODES = 7
+
+
+@_jit
+def _decode_at(stream, pos, luts, lens, link_min):  # pragma: no cover - compiled
+    """(exponent, code length) of the code starting at bit ``pos``, or (-1, 0) if there is none."""
+    b = pos >> 3
+    v = (
+        (np.int64(stream[b]) << 32)
+        | (np.int64(stream[b + 1]) << 24)
+        | (np.int64(stream[b + 2]) << 16)
+        | (np.int64(stream[b + 3]) << 8)
+        | np.int64(stream[b + 4])
+    )
+    v = (v >> (8 - (pos & 7))) & 0xFFFFFFFF  # the 32 bits from ``pos`` on
+    table = 0
+    for level in range(4):
+        e = np.int64(luts[table, (v >> (24 - 8 * level)) & 0xFF])
+        if e >= link_min:
+            nxt = 256 - e
+            if nxt <= table:  # links only lead to later tables; anything else would loop
+                return -1, 0
+            table = nxt
+            continue
+        length = np.int64(lens[e])
+        if length == 0 or (length - 1) >> 3 != level:  # unused value, or a code that ends in another byte
+            return -1, 0
+        return e, length
+    return -1, 0
+
+
+@_pjit
+def _scan(stream, n_bits, gaps, window_bits, luts, lens, link_min, counts, ends, errors):  # pragma: no cover
+    """Per window: how many codes start in it, where its last code ends, and the index of a bad code (or -1)."""
+    for w in nb.prange(gaps.size):
+        base = np.int64(w) * window_bits
+        pos = base + gaps[w]
+        stop = min(base + window_bits, n_bits)
+        count = 0
+        bad = -1
+        while pos < stop:
+            sym, length = _decode_at(stream, pos, luts, lens, link_min)
+            if sym < 0:
+                bad = count
+                break
+            pos += length
+            count += 1
+        counts[w] = count
+        ends[w] = pos
+        errors[w] = bad
+
+
+@_pjit
+def _emit(stream, n_bits, gaps, window_bits, luts, lens, link_min, offsets, sign_mantissa, out):  # pragma: no cover
+    """Write the BF16 words: each window's codes from its offset on, joined with their sign and mantissa."""
+    n = out.size
+    for w in nb.prange(gaps.size):
+        i = offsets[w]
+        if i >= n:
+            continue
+        base = np.int64(w) * window_bits
+        pos = base + gaps[w]
+        stop = min(base + window_bits, n_bits)
+        while pos < stop and i < n:
+            sym, length = _decode_at(stream, pos, luts, lens, link_min)
+            if sym < 0:  # ruled out by the scan; never write garbage
+                break
+            sm = np.int64(sign_mantissa[i])
+            out[i] = np.uint16(((sm & 0x80) << 8) | (sym << 7) | (sm & 0x7F))
+            pos += length
+            i += 1
+
+
+@dataclass(frozen=True)
+class Df11Block:
+    """The raw tensors of one DF11 block, as stored."""
+
+    luts: npt.NDArray[np.uint8]
+    encoded_exponent: npt.NDArray[np.uint8]
+    sign_mantissa: npt.NDArray[np.uint8]
+    output_positions: npt.NDArray[np.uint8]
+    gaps: npt.NDArray[np.uint8]
+    split_positions: npt.NDArray[np.int64]
+
+
+def check_luts(luts: npt.NDArray[np.uint8], where: str) -> tuple[npt.NDArray[np.uint8], int]:
+    """Validate the code tables; returns (code lengths by exponent value, smallest link value).
+
+    A well-formed table set is a prefix code spread over byte-indexed tables: every used exponent
+    value owns one aligned run of entries, as long as its code leaves free, in a table at the depth
+    its length implies; every table after the first is linked from exactly one place; every entry is
+    a used value or a link. (Entries outside every code are filled by DF11 with a copy of the entry
+    before them, which only lengthens the run before them; that is allowed.)
+    """
+    if luts.ndim != 2 or luts.shape[1] != 256 or luts.shape[0] < 2:
+        raise FormatError(f"{where}: the code tables must be (tables + 1) x 256 bytes, got {list(luts.shape)}")
+    n_tables = luts.shape[0] - 1
+    tables = luts[:n_tables].astype(np.int64)
+    lens = luts[n_tables].copy()
+    used = np.flatnonzero(lens)
+    if used.size == 0:
+        raise FormatError(f"{where}: the code tables define no code")
+    if int(lens.max()) > MAX_CODE_BITS:
+        raise FormatError(f"{where}: a code length exceeds {MAX_CODE_BITS} bits")
+    link_min = 257 - n_tables if n_tables > 1 else 256
+    if used.max() >= link_min:
+        raise FormatError(f"{where}: exponent value {int(used.max())} collides with a table link")
+    kraft = float(np.sum(np.ldexp(1.0, -lens[used].astype(np.int64))))
+    if kraft > 1.0:
+        raise FormatError(f"{where}: the code lengths are not a prefix code (Kraft sum {kraft:.6f} > 1)")
+    valid = np.zeros(256, dtype=bool)
+    valid[used] = True
+    valid[link_min:] = True
+    if not valid[tables].all():
+        t, i = np.argwhere(~valid[tables])[0]
+        raise FormatError(f"{where}: table {t} entry {i} holds {tables[t, i]}, neither a used exponent nor a link")
+    # run starts: an entry that differs from the one before it (across a table boundary too: DF11's
+    # filler may carry the last entry of one table into the first of the next)
+    flat = tables.reshape(-1)
+    starts = np.ones(flat.size, dtype=bool)
+    starts[1:] = flat[1:] != flat[:-1]
+    run_end = np.append(np.flatnonzero(starts)[1:], flat.size)
+    start_pos = np.flatnonzero(starts)
+    run_len = dict(zip(start_pos.tolist(), (run_end - start_pos).tolist(), strict=True))
+    owners: dict[int, list[int]] = {}
+    for p in start_pos.tolist():
+        owners.setdefault(int(flat[p]), []).append(p)
+    depth = np.full(n_tables, -1, dtype=np.int64)
+    depth[0] = 0
+    for t in range(1, n_tables):
+        places = owners.get(256 - t, [])
+        if len(places) != 1:
+            raise FormatError(f"{where}: table {t} is linked from {len(places)} places (expected 1)")
+        parent = places[0] // 256
+        if parent >= t or depth[parent] < 0:
+            raise FormatError(f"{where}: table {t} is linked from table {parent}, which does not come before it")
+        depth[t] = depth[parent] + 1
+    if depth.max() > 3:
+        raise FormatError(f"{where}: the tables nest deeper than a {MAX_CODE_BITS}-bit code can")
+    for s in used.tolist():
+        length = int(lens[s])
+        places = owners.get(s, [])
+        if len(places) != 1:
+            raise FormatError(f"{where}: exponent value {s} (a {length}-bit code) appears in {len(places)} places")
+        p = places[0]
+        t, i = divmod(p, 256)
+        level = (length - 1) // 8
+        room = 1 << (8 * (level + 1) - length)
+        if depth[t] != level or i % room or run_len[p] < room:
+            raise FormatError(f"{where}: exponent value {s} has a {length}-bit code that its table entries contradict")
+    return lens, link_min
+
+
+def gap_values(gaps: npt.NDArray[np.uint8], n_windows: int) -> npt.NDArray[np.int64]:
+    bits = np.unpackbits(gaps)[: n_windows * GAP_BITS].reshape(n_windows, GAP_BITS).astype(np.int64)
+    return bits @ (1 << np.arange(GAP_BITS - 1, -1, -1, dtype=np.int64))
+
+
+def decode_block(
+    block: Df11Block, *, bytes_per_thread: int, threads_per_block: int, file: str, prefix: str
+) -> npt.NDArray[np.uint16]:
+    """The block's BF16 words (flat, concatenated in DF11's order); errors name ``file`` and the tensor."""
+
+    def where(part: str) -> str:
+        return f"{file}: tensor {prefix + '.' + part!r}"
+
+    if bytes_per_thread < 4 or threads_per_block < 1:
+        raise FormatError(f"{file}: unsupported DF11 layout (bytes_per_thread={bytes_per_thread}, "
+                          f"threads_per_block={threads_per_block})")  # fmt: skip
+    lens, link_min = check_luts(block.luts, where("luts"))
+    n = block.sign_mantissa.size
+    n_bytes = block.encoded_exponent.size
+    window_bits = 8 * bytes_per_thread
+    n_blocks = -(-n_bytes // (threads_per_block * bytes_per_thread))
+    n_windows = n_blocks * threads_per_block
+    if block.output_positions.size % 4:
+        raise FormatError(f"{where('output_positions')}: {block.output_positions.size} bytes, not whole uint32s")
+    positions = block.output_positions.view("<u4").astype(np.int64)
+    if positions.size != n_blocks + 1:
+        raise IntegrityError(
+            f"{where('encoded_exponent')}: {n_bytes} bytes make {n_blocks} decode blocks, but output_positions "
+            f"describes {positions.size - 1} (truncated or mismatched stream)"
+        )
+    if positions[-1] != n:
+        raise IntegrityError(f"{where('sign_mantissa')}: holds {n} weights, output_positions says {positions[-1]}")
+    if block.gaps.size != -(-n_windows * GAP_BITS // 8):
+        raise IntegrityError(f"{where('gaps')}: {block.gaps.size} bytes, {n_windows} windows need "
+                             f"{-(-n_windows * GAP_BITS // 8)}")  # fmt: skip
+    out = np.empty(n, dtype=np.uint16)
+    if n == 0:
+        return out
+    if n_bytes == 0:
+        raise IntegrityError(f"{where('encoded_exponent')}: empty, but the block holds {n} weights")
+    gaps = gap_values(block.gaps, n_windows)
+    stream = np.zeros(n_bytes + _PAD_BYTES, dtype=np.uint8)
+    stream[:n_bytes] = block.encoded_exponent
+    n_bits = 8 * n_bytes
+    luts = np.ascontiguousarray(block.luts)
+    counts = np.empty(n_windows, dtype=np.int64)
+    ends = np.empty(n_windows, dtype=np.int64)
+    errors = np.empty(n_windows, dtype=np.int64)
+    _scan(stream, n_bits, gaps, window_bits, luts, lens, link_min, counts, ends, errors)
+    offsets = np.zeros(n_windows + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    total = int(offsets[-1])
+    if total < n:
+        raise IntegrityError(
+            f"{where('encoded_exponent')}: the stream holds {total} codes for {n} weights (truncated?)"
+        )
+    if total > n + _MAX_TAIL_CODES:
+        raise IntegrityError(f"{where('encoded_exponent')}: the stream holds {total} codes for {n} weights "
+                             f"(is sign_mantissa truncated?)")  # fmt: skip
+    bad = np.flatnonzero((errors >= 0) & (offsets[:-1] + errors < n))
+    if bad.size:
+        w = int(bad[0])
+        raise IntegrityError(f"{where('encoded_exponent')}: no valid code at weight {int(offsets[w] + errors[w])} "
+                             f"(window {w}): corrupt stream or code tables")  # fmt: skip
+    # a window must stop exactly where the next one's first code starts, wherever real weights follow
+    nxt = np.arange(1, n_windows, dtype=np.int64) * window_bits + gaps[1:]
+    broken = np.flatnonzero((ends[:-1] != nxt) & (offsets[1:-1] < n))
+    if broken.size:
+        w = int(broken[0])
+        raise IntegrityError(f"{where('encoded_exponent')}: window {w} ends at bit {int(ends[w])}, but gaps says the "
+                             f"next code starts at bit {int(nxt[w])}: corrupt stream, gaps or code tables")  # fmt: skip
+    firsts = np.minimum(offsets[:n_windows:threads_per_block], n)
+    if not np.array_equal(firsts, positions[:-1]):
+        b = int(np.flatnonzero(firsts != positions[:-1])[0])
+        raise IntegrityError(f"{where('output_positions')}: decode block {b} starts at weight {int(firsts[b])} "
+                             f"by the stream, at {int(positions[b])} by output_positions")  # fmt: skip
+    _emit(stream, n_bits, gaps, window_bits, luts, lens, link_min, offsets, block.sign_mantissa, out)
+    return out

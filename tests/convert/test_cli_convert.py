@@ -1,0 +1,86 @@
+"""`floatzip convert` and `floatzip inspect` on DF11 checkpoints, through the command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from floatzip.cli import main
+from floatzip.convert.df11 import convert_df11
+
+from .conftest import Df11Fixture
+from .test_df11 import LAYER, LAYER_FILE, same_bits, tensors_of
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_convert_then_decompress(tiny_df11: Df11Fixture, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "convert", str(tiny_df11.published), str(tmp_path / "fz"), "-q")
+    assert code == 0, err
+    assert "bit for bit" in out and "MB/s of BF16" in out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    df11, ours = (float(rows[k].split("=")[1].split("%")[0]) for k in ("DF11", "floatzip"))
+    assert 60 < ours < 80 and 60 < df11 < 80  # which is smaller depends on size: see BENCHMARKS.md
+    report = convert_df11(tiny_df11.published, tmp_path / "again")
+    assert (df11, ours) == (round(100 * report.df11_ratio, 2), round(100 * report.tensor_ratio, 2))
+    assert run(capsys, "decompress", str(tmp_path / "fz"), str(tmp_path / "bf16"), "-q")[0] == 0
+    got = tensors_of(tmp_path / "bf16")
+    assert got.keys() == tiny_df11.original.keys()
+    assert all(same_bits(got[n], t) for n, t in tiny_df11.original.items())
+
+
+def test_single_file_needs_model_config(
+    tiny_df11: Df11Fixture, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "convert", str(tiny_df11.single), str(tmp_path / "fz"), "-q")
+    assert code == 2 and err.count("\n") == 1 and "--model-config" in err
+    assert not (tmp_path / "fz").exists()
+    config = str(tiny_df11.published / "config.json")
+    code, _, err = run(capsys, "convert", str(tiny_df11.single), str(tmp_path / "fz"), "--model-config", config, "-q")
+    assert code == 0, err
+    assert run(capsys, "decompress", str(tmp_path / "fz"), str(tmp_path / "bf16"), "-q")[0] == 0
+    got = tensors_of(tmp_path / "bf16")
+    assert got.keys() == tiny_df11.original.keys()
+    assert all(same_bits(got[n], t) for n, t in tiny_df11.original.items())
+
+
+def test_inspect_df11(tiny_df11: Df11Fixture, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "inspect", str(tiny_df11.published))
+    assert code == 0 and "floatzip would store" in out and "a DF11 checkpoint: DF11 stores" in out
+    code, out, _ = run(capsys, "inspect", str(tiny_df11.published), "--json")
+    doc = json.loads(out)
+    assert code == 0 and 0.6 < doc["ratio"] < 0.8 and 0.6 < doc["df11_ratio"] < 0.8
+    assert len(doc["tensors"]) == len(tiny_df11.original)
+
+
+def test_compress_refuses_df11(tiny_df11: Df11Fixture, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "compress", str(tiny_df11.published), str(tmp_path / "fz"))
+    assert code == 2 and err.count("\n") == 1
+    assert f"floatzip convert {tiny_df11.published} {tmp_path / 'fz'}" in err
+    assert not (tmp_path / "fz").exists()
+
+
+def test_corrupt_lut_is_one_line_and_leaves_nothing(
+    tiny_df11: Df11Fixture, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "df11"
+    shutil.copytree(tiny_df11.published, src)
+    sd = load_file(src / LAYER_FILE)
+    luts = sd[f"{LAYER}.luts"].clone()
+    luts[0, :] = luts[0, 0]  # every first byte decodes to one exponent: the other codes become unreachable
+    sd[f"{LAYER}.luts"] = luts
+    save_file(sd, src / LAYER_FILE)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    code, out, err = run(capsys, "convert", str(src), str(tmp_path / "fz"), "-q")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("floatzip: error: ") and str(src / LAYER_FILE) in err and f"'{LAYER}.luts'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["df11"]  # no output, no scratch files
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # the input is untouched
