@@ -35,7 +35,7 @@ from floatzip.errors import FloatzipError, FormatError, InputError, VersionError
 from floatzip.format import spec
 from floatzip.format.safetensors_io import read_header
 from floatzip.format.tensor import CompressedTensor
-from floatzip.runtime import blocks
+from floatzip.runtime import _df11_guard, blocks
 
 DEFAULT_RATIO = 0.7  # bytes of a blob per original byte, when the checkpoint's headers do not tell
 
@@ -349,6 +349,7 @@ def register() -> None:
     """Register the floatzip config and quantizer with transformers (idempotent)."""
     import transformers.quantizers.auto as auto  # already imported when the hook calls us
 
+    _df11_guard.install()  # from_pretrained on a DF11 checkpoint: one line saying how to convert it
     mapping = auto.AUTO_QUANTIZER_MAPPING
     configs = auto.AUTO_QUANTIZATION_CONFIG_MAPPING
     if mapping.get(spec.QUANT_METHOD) is FloatzipHfQuantizer and configs.get(spec.QUANT_METHOD) is FloatzipConfig:
