@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import importlib
 import importlib.util
 import io
 import math
@@ -29,7 +30,9 @@ import platform
 import re
 import sys
 import time
+import types
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -190,6 +193,40 @@ def _load_dfloat11_utils() -> ModuleType | None:
     except ImportError:  # dahuffman missing
         return None
     return module
+
+
+def load_dfloat11() -> ModuleType | None:
+    """``dfloat11.dfloat11`` (``compress_model``, which writes whole DF11 checkpoints), or None if not installed.
+
+    The module imports CuPy and ``pkg_resources`` only to load its CUDA decoder; compressing never uses
+    them (``check_correctness=False``). Where they are missing, inert stand-ins take their place for the
+    import alone and leave ``sys.modules`` afterwards.
+    """
+    try:
+        spec = importlib.util.find_spec("dfloat11")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    stubs: dict[str, ModuleType] = {}
+    if importlib.util.find_spec("cupy") is None:
+        cupy = ModuleType("cupy")
+        cupy.RawModule = lambda path: types.SimpleNamespace(get_function=lambda name: None)  # type: ignore[attr-defined]
+        stubs["cupy"] = cupy
+    if importlib.util.find_spec("pkg_resources") is None:
+        pkg_dir = Path(next(iter(spec.submodule_search_locations)))
+        pkg_resources = ModuleType("pkg_resources")
+        pkg_resources.resource_filename = lambda pkg, name: str(pkg_dir / name)  # type: ignore[attr-defined]
+        stubs["pkg_resources"] = pkg_resources
+    sys.modules.update(stubs)
+    try:
+        return importlib.import_module("dfloat11.dfloat11")
+    except ImportError:  # dahuffman, accelerate or huggingface_hub missing
+        return None
+    finally:
+        for name, stub in stubs.items():
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
 
 
 _DF11_BYTES_PER_THREAD = 8  # DFloat11's defaults (dfloat11.py)

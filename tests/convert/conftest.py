@@ -1,17 +1,10 @@
-"""DF11 checkpoints built by DFloat11's own compressor from tiny seeded models.
-
-``dfloat11`` imports CuPy and ``pkg_resources`` at module level to load its CUDA decoder. Neither is
-needed to *compress* (``compress_model(..., check_correctness=False)`` never touches the GPU), so on a
-machine without them the module is imported with two inert stand-ins, and only for that import.
-"""
+"""DF11 checkpoints built by DFloat11's own compressor from tiny seeded models, on the CPU
+(:func:`floatzip.bench.load_dfloat11` imports it without CuPy or a GPU)."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import io
-import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +12,8 @@ from typing import Any
 
 import pytest
 import torch
+
+from floatzip.bench import load_dfloat11
 
 pytest.importorskip("transformers")
 
@@ -46,34 +41,12 @@ LLAMA_PATTERNS = {
 }
 
 
-def load_dfloat11() -> types.ModuleType:
-    """``dfloat11.dfloat11`` (compress_model and the encoder functions), importable without a GPU."""
-    if importlib.util.find_spec("dfloat11") is None:
-        pytest.skip("dfloat11 is not installed (pip install -e '.[test]' brings it)")
-    stubs: dict[str, types.ModuleType] = {}
-    if importlib.util.find_spec("cupy") is None:
-        cupy = types.ModuleType("cupy")
-        cupy.RawModule = lambda path: types.SimpleNamespace(get_function=lambda name: None)  # type: ignore[attr-defined]
-        stubs["cupy"] = cupy
-    if importlib.util.find_spec("pkg_resources") is None:
-        spec = importlib.util.find_spec("dfloat11")
-        assert spec is not None and spec.submodule_search_locations is not None
-        pkg_dir = Path(next(iter(spec.submodule_search_locations)))
-        pkg_resources = types.ModuleType("pkg_resources")
-        pkg_resources.resource_filename = lambda pkg, name: str(pkg_dir / name)  # type: ignore[attr-defined]
-        stubs["pkg_resources"] = pkg_resources
-    sys.modules.update(stubs)
-    try:
-        return importlib.import_module("dfloat11.dfloat11")
-    finally:  # the stand-ins leave sys.modules again (the module keeps its reference to them)
-        for name, stub in stubs.items():
-            if sys.modules.get(name) is stub:
-                del sys.modules[name]
-
-
 @pytest.fixture(scope="session")
 def dfloat11() -> types.ModuleType:
-    return load_dfloat11()
+    module = load_dfloat11()
+    if module is None:
+        pytest.skip("dfloat11 is not installed (pip install -e '.[test]' brings it)")
+    return module
 
 
 def quiet_call(fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -180,6 +180,8 @@ def test_recognition_sizes_and_hint(tiny_df11: Df11Fixture, tmp_path: Path) -> N
     stored = sum(t.nbytes for t in tensors_of(tiny_df11.published).values())
     assert df11 == stored and 0.6 < df11 / bf16 < 0.75
     assert df11_sizes(tiny_df11.single) == (df11, bf16)
+    with pytest.raises(FormatError, match="no DF11 block"):
+        df11_sizes(plain)
 
 
 def test_inspect_reports_floatzip_and_df11(tiny_df11: Df11Fixture) -> None:
@@ -260,6 +262,19 @@ def test_layout_variants_are_read(tiny_df11: Df11Fixture, tmp_path: Path) -> Non
         list(read_df11(src))
 
 
+def test_empty_plain_tensor_is_kept(tiny_df11: Df11Fixture, tmp_path: Path) -> None:
+    src = tmp_path / "df11"
+    shutil.copytree(tiny_df11.published, src)
+    sd = load_file(src / "model.safetensors")
+    sd["model.empty_buffer"] = torch.empty(0, dtype=torch.bfloat16)
+    save_file(sd, src / "model.safetensors")
+    got = dict(read_df11(src))
+    assert got["model.empty_buffer"].shape == (0,) and got["model.empty_buffer"].dtype == torch.bfloat16
+    convert_df11(src, tmp_path / "fz")
+    decompress_checkpoint(tmp_path / "fz", tmp_path / "bf16")
+    assert tensors_of(tmp_path / "bf16")["model.empty_buffer"].shape == (0,)
+
+
 def test_convert_refuses_to_overwrite(tiny_df11: Df11Fixture, tmp_path: Path) -> None:
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("x")
@@ -323,6 +338,13 @@ def _flip_gap(sd: dict[str, torch.Tensor]) -> str:
     return "encoded_exponent"
 
 
+def _first_position(sd: dict[str, torch.Tensor]) -> str:
+    pos = sd[f"{LAYER}.output_positions"].clone()
+    pos[0] = 1  # decode block 0 must start at weight 0
+    sd[f"{LAYER}.output_positions"] = pos
+    return "output_positions"
+
+
 DAMAGE: dict[str, Callable[[dict[str, torch.Tensor]], str]] = {
     "lut entry swapped": _swap_entry,
     "lut entry unused": _unused_value,
@@ -331,6 +353,7 @@ DAMAGE: dict[str, Callable[[dict[str, torch.Tensor]], str]] = {
     "stream truncated by 100 bytes": _truncate("encoded_exponent", -100),
     "sign_mantissa truncated": _truncate("sign_mantissa", -10),
     "output_positions changed": _shift_position,
+    "first output position not 0": _first_position,
     "gap changed": _flip_gap,
 }
 

@@ -18,12 +18,13 @@ one module or of a list of its sub-modules):
   windows, the index of its first weight, then the total number of weights.
 * ``split_positions`` (int64): where the concatenated weights split into the sub-modules' weights.
 
-Decoding here: every window is decoded on its own (Numba, parallel over windows) once to count its
-codes and once to write them; the window offsets are a prefix sum of the counts. Nothing is trusted:
-the tables are checked before use, every window must end exactly where the next one's gap says its
-first code starts, the counts must agree with ``output_positions`` and with the number of weights,
-and a code that leads nowhere is an error. A failure raises FormatError (malformed tables or sizes)
-or IntegrityError (a stream that does not decode consistently), naming the file and the tensor.
+Decoding here: one pass (Numba, parallel over decode blocks), each decode block writing from its
+``output_positions`` entry, as DF11's own kernel does. Nothing is trusted, and nothing is returned
+until all of it is checked: the tables before use; every window must end exactly where the next one's
+gap says its first code starts; each decode block must end where ``output_positions`` starts the next,
+the first at 0 and the last at the number of weights; and a code that leads nowhere is an error.
+A failure raises FormatError (malformed tables or sizes) or IntegrityError (a stream that does not
+decode consistently), naming the file and the tensor.
 """
 
 from __future__ import annotations
@@ -75,45 +76,35 @@ def _decode_at(stream, pos, luts, lens, link_min):  # pragma: no cover - compile
 
 
 @_pjit
-def _scan(stream, n_bits, gaps, window_bits, luts, lens, link_min, counts, ends, errors):  # pragma: no cover
-    """Per window: how many codes start in it, where its last code ends, and the index of a bad code (or -1)."""
-    for w in nb.prange(gaps.size):
-        base = np.int64(w) * window_bits
-        pos = base + gaps[w]
-        stop = min(base + window_bits, n_bits)
-        count = 0
-        bad = -1
-        while pos < stop:
-            sym, length = _decode_at(stream, pos, luts, lens, link_min)
-            if sym < 0:
-                bad = count
-                break
-            pos += length
-            count += 1
-        counts[w] = count
-        ends[w] = pos
-        errors[w] = bad
-
-
-@_pjit
-def _emit(stream, n_bits, gaps, window_bits, luts, lens, link_min, offsets, sign_mantissa, out):  # pragma: no cover
-    """Write the BF16 words: each window's codes from its offset on, joined with their sign and mantissa."""
+def _decode(stream, n_bits, gaps, window_bits, tpb, luts, lens, link_min, positions, sign_mantissa,
+            out, firsts, ends, bad, block_ends):  # fmt: skip  # pragma: no cover - compiled
+    """One pass, parallel over decode blocks (runs of ``tpb`` windows). A decode block writes from its
+    ``positions`` entry on and decodes its windows in order. Per window: the weight index of its first
+    code (``firsts``), the bit where its last code ends (``ends``), the weight with no valid code (``bad``,
+    -1 if none); per decode block: the weight index after its last code (``block_ends``). Nothing here
+    decides whether the block is sound: the caller checks all of it before it uses ``out``."""
     n = out.size
-    for w in nb.prange(gaps.size):
-        i = offsets[w]
-        if i >= n:
-            continue
-        base = np.int64(w) * window_bits
-        pos = base + gaps[w]
-        stop = min(base + window_bits, n_bits)
-        while pos < stop and i < n:
-            sym, length = _decode_at(stream, pos, luts, lens, link_min)
-            if sym < 0:  # ruled out by the scan; never write garbage
-                break
-            sm = np.int64(sign_mantissa[i])
-            out[i] = np.uint16(((sm & 0x80) << 8) | (sym << 7) | (sm & 0x7F))
-            pos += length
-            i += 1
+    n_windows = gaps.size
+    for b in nb.prange(positions.size - 1):
+        i = positions[b]
+        for w in range(b * tpb, min((b + 1) * tpb, n_windows)):
+            base = np.int64(w) * window_bits
+            pos = base + gaps[w]
+            stop = min(base + window_bits, n_bits)
+            firsts[w] = i
+            bad[w] = -1
+            while pos < stop:
+                sym, length = _decode_at(stream, pos, luts, lens, link_min)
+                if sym < 0:
+                    bad[w] = i  # past the last weight this is the stream's padding, and harmless
+                    break
+                if i < n:
+                    sm = np.int64(sign_mantissa[i])
+                    out[i] = np.uint16(((sm & 0x80) << 8) | (sym << 7) | (sm & 0x7F))
+                pos += length
+                i += 1
+            ends[w] = pos
+        block_ends[b] = i
 
 
 @dataclass(frozen=True)
@@ -241,36 +232,36 @@ def decode_block(
     stream[:n_bytes] = block.encoded_exponent
     n_bits = 8 * n_bytes
     luts = np.ascontiguousarray(block.luts)
-    counts = np.empty(n_windows, dtype=np.int64)
+    firsts = np.empty(n_windows, dtype=np.int64)
     ends = np.empty(n_windows, dtype=np.int64)
-    errors = np.empty(n_windows, dtype=np.int64)
-    _scan(stream, n_bits, gaps, window_bits, luts, lens, link_min, counts, ends, errors)
-    offsets = np.zeros(n_windows + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    total = int(offsets[-1])
-    if total < n:
-        raise IntegrityError(
-            f"{where('encoded_exponent')}: the stream holds {total} codes for {n} weights (truncated?)"
-        )
-    if total > n + _MAX_TAIL_CODES:
-        raise IntegrityError(f"{where('encoded_exponent')}: the stream holds {total} codes for {n} weights "
-                             f"(is sign_mantissa truncated?)")  # fmt: skip
-    bad = np.flatnonzero((errors >= 0) & (offsets[:-1] + errors < n))
-    if bad.size:
-        w = int(bad[0])
-        raise IntegrityError(f"{where('encoded_exponent')}: no valid code at weight {int(offsets[w] + errors[w])} "
-                             f"(window {w}): corrupt stream or code tables")  # fmt: skip
+    bad = np.empty(n_windows, dtype=np.int64)
+    block_ends = np.empty(n_blocks, dtype=np.int64)
+    _decode(stream, n_bits, gaps, window_bits, threads_per_block, luts, lens, link_min, positions,
+            block.sign_mantissa, out, firsts, ends, bad, block_ends)  # fmt: skip
+    wrong = np.flatnonzero((bad >= 0) & (bad < n))
+    if wrong.size:
+        w = int(wrong[0])
+        raise IntegrityError(f"{where('encoded_exponent')}: no valid code at weight {int(bad[w])} (window {w}): "
+                             f"corrupt stream or code tables")  # fmt: skip
     # a window must stop exactly where the next one's first code starts, wherever real weights follow
     nxt = np.arange(1, n_windows, dtype=np.int64) * window_bits + gaps[1:]
-    broken = np.flatnonzero((ends[:-1] != nxt) & (offsets[1:-1] < n))
+    broken = np.flatnonzero((ends[:-1] != nxt) & (firsts[1:] < n))
     if broken.size:
         w = int(broken[0])
         raise IntegrityError(f"{where('encoded_exponent')}: window {w} ends at bit {int(ends[w])}, but gaps says the "
                              f"next code starts at bit {int(nxt[w])}: corrupt stream, gaps or code tables")  # fmt: skip
-    firsts = np.minimum(offsets[:n_windows:threads_per_block], n)
-    if not np.array_equal(firsts, positions[:-1]):
-        b = int(np.flatnonzero(firsts != positions[:-1])[0])
-        raise IntegrityError(f"{where('output_positions')}: decode block {b} starts at weight {int(firsts[b])} "
-                             f"by the stream, at {int(positions[b])} by output_positions")  # fmt: skip
-    _emit(stream, n_bits, gaps, window_bits, luts, lens, link_min, offsets, block.sign_mantissa, out)
+    if positions[0] != 0:
+        raise IntegrityError(f"{where('output_positions')}: decode block 0 starts at weight {int(positions[0])}, not 0")
+    chain = np.flatnonzero(block_ends[:-1] != positions[1:-1])
+    if chain.size:
+        b = int(chain[0])
+        raise IntegrityError(f"{where('output_positions')}: decode block {b} ends at weight {int(block_ends[b])} "
+                             f"by the stream; output_positions starts the next at {int(positions[b + 1])}")  # fmt: skip
+    total = int(block_ends[-1])
+    if total < n:
+        raise IntegrityError(f"{where('encoded_exponent')}: the stream holds {total} codes for {n} weights "
+                             f"(truncated?)")  # fmt: skip
+    if total > n + _MAX_TAIL_CODES:
+        raise IntegrityError(f"{where('encoded_exponent')}: the stream holds {total} codes for {n} weights "
+                             f"(is sign_mantissa truncated?)")  # fmt: skip
     return out

@@ -24,6 +24,7 @@ import io
 import json
 import re
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,7 +355,7 @@ class Df11Tensor(NamedTuple):
     name: str
     dtype: str  # a safetensors dtype name: BF16 for every decoded weight
     shape: tuple[int, ...]
-    data: bytes | bytearray  # little-endian, row-major
+    data: bytearray  # little-endian, row-major
 
 
 def _units(file: _File) -> Iterator[Entry | str]:
@@ -385,7 +386,7 @@ def _items(file: _File, layout: _Layout, config: Df11Config) -> Iterator[Df11Ten
                 yield Df11Tensor(file.rel, u.name, u.dtype, u.shape, data)
             else:
                 for name, shape, words in _decode_named(f, file, u, layout[u], config):
-                    yield Df11Tensor(file.rel, name, "BF16", shape, words.tobytes())
+                    yield Df11Tensor(file.rel, name, "BF16", shape, bytearray(words))
 
 
 def _layouts(src: _Source) -> dict[str, _Layout]:
@@ -413,7 +414,9 @@ def iter_df11(path: str | Path, *, model_config: str | Path | None = None) -> It
 def read_df11(path: str | Path, *, model_config: str | Path | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) for every tensor of a DF11 checkpoint: :func:`iter_df11` as torch tensors."""
     for t in iter_df11(path, model_config=model_config):
-        yield t.name, torch.frombuffer(bytearray(t.data), dtype=_SAFETENSORS_DTYPES[t.dtype]).reshape(t.shape)
+        dtype = _SAFETENSORS_DTYPES[t.dtype]  # torch.frombuffer refuses an empty buffer
+        flat = torch.frombuffer(t.data, dtype=dtype) if t.data else torch.empty(0, dtype=dtype)
+        yield t.name, flat.reshape(t.shape)
 
 
 def df11_sizes(path: str | Path) -> tuple[int, int]:
@@ -425,10 +428,12 @@ def df11_sizes(path: str | Path) -> tuple[int, int]:
     src = Path(path)
     if not src.exists():
         raise InputError(f"{src}: no such file or directory")
-    _, files = _root_and_files(src)
+    root, files = _root_and_files(src)
+    scanned_files = [_scan_file(f, root) for f in files]
+    if not any(f.blocks for f in scanned_files):
+        raise FormatError(f"{src}: no DF11 block (no *.encoded_exponent tensor) in its safetensors files")
     df11 = bf16 = 0
-    for f in files:
-        scanned = _scan_file(f, f.parent)
+    for scanned in scanned_files:
         df11 += scanned.header.data_size
         bf16 += sum(e.nbytes for e in scanned.plain)
         bf16 += sum(2 * parts["sign_mantissa"].nbytes for parts in scanned.blocks.values())
@@ -465,6 +470,7 @@ def convert_df11(
     needed is one shard in BF16, and memory stays near one DF11 block. The whole checkpoint is then
     verified (every tensor decoded, every checksum checked) before ``dst`` appears.
     """
+    start = time.perf_counter()
     src, dst = Path(src), Path(dst)
     source = _open_source(src, model_config)
     layouts = _layouts(source)  # every block fits the architecture before anything is written
@@ -507,6 +513,7 @@ def convert_df11(
             rel = f.relative_to(source.root).as_posix()
             builder.add(f, rel)
             report.files_copied.append(rel)
+    report.seconds = time.perf_counter() - start  # reading the layout, decode, compress, verify
     return report
 
 
