@@ -173,16 +173,22 @@ def _load_zipnn() -> ModuleType | None:
     return zipnn
 
 
-def _load_dfloat11_utils() -> ModuleType | None:
-    """``dfloat11.dfloat11_utils`` without the package's ``__init__`` (which needs CuPy and a GPU)."""
+def _dfloat11_dir() -> Path | None:
+    """The installed ``dfloat11`` package's directory, found without importing it."""
     try:
         spec = importlib.util.find_spec("dfloat11")
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = os.path.join(next(iter(spec.submodule_search_locations)), "dfloat11_utils.py")
-    if not os.path.isfile(path):
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _load_dfloat11_utils() -> ModuleType | None:
+    """``dfloat11.dfloat11_utils`` without the package's ``__init__`` (which needs CuPy and a GPU)."""
+    pkg_dir = _dfloat11_dir()
+    path = None if pkg_dir is None else os.path.join(pkg_dir, "dfloat11_utils.py")
+    if path is None or not os.path.isfile(path):
         return None
     mod_spec = importlib.util.spec_from_file_location("_floatzip_bench_dfloat11_utils", path)
     if mod_spec is None or mod_spec.loader is None:
@@ -202,11 +208,8 @@ def load_dfloat11() -> ModuleType | None:
     them (``check_correctness=False``). Where they are missing, inert stand-ins take their place for the
     import alone and leave ``sys.modules`` afterwards.
     """
-    try:
-        spec = importlib.util.find_spec("dfloat11")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
+    pkg_dir = _dfloat11_dir()
+    if pkg_dir is None:
         return None
     stubs: dict[str, ModuleType] = {}
     if importlib.util.find_spec("cupy") is None:
@@ -214,7 +217,6 @@ def load_dfloat11() -> ModuleType | None:
         cupy.RawModule = lambda path: types.SimpleNamespace(get_function=lambda name: None)  # type: ignore[attr-defined]
         stubs["cupy"] = cupy
     if importlib.util.find_spec("pkg_resources") is None:
-        pkg_dir = Path(next(iter(spec.submodule_search_locations)))
         pkg_resources = ModuleType("pkg_resources")
         pkg_resources.resource_filename = lambda pkg, name: str(pkg_dir / name)  # type: ignore[attr-defined]
         stubs["pkg_resources"] = pkg_resources
