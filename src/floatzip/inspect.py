@@ -156,15 +156,15 @@ def _inspect_df11(path: Path, model_config: str | Path | None) -> Inspection:
 
 
 def _would_store(
-    rel: str, name: str, dtype: str, shape: tuple[int, ...], data: bytes | bytearray, hist: dict[str, list[int]]
+    rel: str, name: str, dtype: str, shape: tuple[int, ...], data: bytearray, hist: dict[str, list[int]]
 ) -> TensorStats:
-    """Statistics of a plain tensor, with what floatzip would store for it."""
+    """Statistics of a plain tensor, with what floatzip would store for it (``data`` is read, never changed)."""
     layout = spec.LAYOUT_BY_NAME.get(dtype)
     words = None if layout is None else np.frombuffer(data, dtype=np.dtype(f"<u{layout.nbytes}"))
     ct = None
     stored = len(data)
     if layout is not None and words is not None and words.size >= spec.MIN_ENCODED_NUMEL:
-        ct = compress_tensor(torch.from_numpy(words.copy()).view(layout.torch_dtype).reshape(shape))
+        ct = compress_tensor(torch.from_numpy(words).view(layout.torch_dtype).reshape(shape))
         stored = min(ct.nbytes, len(data))
     return _stats(rel, name, dtype, shape, len(data), stored, ct, words, hist)
 
