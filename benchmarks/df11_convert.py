@@ -51,7 +51,7 @@ import torch
 import transformers
 
 import floatzip
-from floatzip.bench import load_dfloat11
+from floatzip.bench import DF11_LLAMA_PATTERNS, load_dfloat11
 from floatzip.convert.df11 import convert_df11, df11_sizes, read_df11
 from floatzip.demo import minilm_dir
 
@@ -65,19 +65,6 @@ BERT_PATTERNS = {
         "output.dense",
     ],
     r"embeddings\.word_embeddings": [],
-}
-LLAMA_PATTERNS = {
-    r"model\.layers\.\d+": [
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.o_proj",
-        "mlp.gate_proj",
-        "mlp.up_proj",
-        "mlp.down_proj",
-    ],
-    r"model\.embed_tokens": [],
-    "lm_head": [],
 }
 LLAMA_FULL = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16,
                   num_key_value_heads=4, vocab_size=8192, max_position_embeddings=2048)  # fmt: skip
@@ -297,7 +284,7 @@ def main() -> None:
     warm_floatzip()
     sets = [
         ("MiniLM-L6-v2 BF16" + (" (2 layers, 4096 vocab)" if a.quick else ""), build_minilm, BERT_PATTERNS),
-        ("Llama-shaped, random std 0.02" + (" (quick)" if a.quick else ""), build_llama, LLAMA_PATTERNS),
+        ("Llama-shaped, random std 0.02" + (" (quick)" if a.quick else ""), build_llama, DF11_LLAMA_PATTERNS),
     ]
     rows = []
     start = time.perf_counter()

@@ -201,6 +201,23 @@ def _load_dfloat11_utils() -> ModuleType | None:
     return module
 
 
+# DFloat11's pattern_dict for Llama-family causal LMs: one DF11 block per decoder layer (its seven Linear
+# weights, in this order), the embedding and lm_head blocks of their own
+DF11_LLAMA_PATTERNS: dict[str, list[str]] = {
+    r"model\.layers\.\d+": [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ],
+    r"model\.embed_tokens": [],
+    "lm_head": [],
+}
+
+
 def load_dfloat11() -> ModuleType | None:
     """``dfloat11.dfloat11`` (``compress_model``, which writes whole DF11 checkpoints), or None if not installed.
 

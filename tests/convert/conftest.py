@@ -13,32 +13,11 @@ from typing import Any
 import pytest
 import torch
 
-from floatzip.bench import load_dfloat11
+from floatzip.bench import DF11_LLAMA_PATTERNS, load_dfloat11
+
+from ..runtime.conftest import build_causal_lm
 
 pytest.importorskip("transformers")
-
-LLAMA = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=256,
-    max_position_embeddings=256,
-)
-LLAMA_PATTERNS = {
-    r"model\.layers\.\d+": [
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.o_proj",
-        "mlp.gate_proj",
-        "mlp.up_proj",
-        "mlp.down_proj",
-    ],
-    r"model\.embed_tokens": [],
-    "lm_head": [],
-}
 
 
 @pytest.fixture(scope="session")
@@ -55,13 +34,6 @@ def quiet_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
 
 
-def build_llama(seed: int = 0) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**LLAMA)).to(torch.bfloat16).eval()
-
-
 @dataclass
 class Df11Fixture:
     original: dict[str, torch.Tensor]  # the BF16 weights DFloat11 was given
@@ -73,13 +45,13 @@ class Df11Fixture:
 @pytest.fixture(scope="session")
 def tiny_df11(dfloat11: types.ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Df11Fixture:
     root = tmp_path_factory.mktemp("df11")
-    model = build_llama()
+    model = build_causal_lm("llama")
     original = {k: v.clone() for k, v in model.state_dict().items()}
     model.save_pretrained(root / "plain")
     for name, single in (("published", False), ("single", True)):
-        model = build_llama()  # compress_model strips the weights out of the model it is given
+        model = build_causal_lm("llama")  # compress_model strips the weights out of the model it is given
         quiet_call(
-            dfloat11.compress_model, model, LLAMA_PATTERNS, str(root / name), save_single_file=single,
+            dfloat11.compress_model, model, DF11_LLAMA_PATTERNS, str(root / name), save_single_file=single,
             check_correctness=False,
         )  # fmt: skip
     return Df11Fixture(original, root / "published", root / "single", root / "plain")

@@ -29,7 +29,8 @@ from floatzip.errors import FloatzipError, FormatError, InputError, IntegrityErr
 from floatzip.format.checkpoint import compress_checkpoint, decompress_checkpoint, verify_checkpoint
 from floatzip.inspect import format_table, inspect_path
 
-from .conftest import LLAMA, Df11Fixture, quiet_call
+from ..runtime.conftest import COMMON as LLAMA  # the tiny Llama the DF11 fixture is built from
+from .conftest import Df11Fixture, quiet_call
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
