@@ -1,11 +1,11 @@
-"""GPU decode throughput: floatzip's Triton kernel vs a device-to-device copy vs DFloat11's kernel.
+"""GPU decode throughput: floatzip's CUDA kernel vs a device-to-device copy vs DFloat11's kernel.
 
 Measures GB/s of BF16 *output* (decoded bytes per second) with CUDA events, the L2 flushed before each
 timed launch, for:
 
-* single tensors of 16 MB to 1 GB (``--quick``: 16 and 64 MB), both symbol decoders;
-* a Llama-3-8B-shaped transformer block (q, k, v, o, gate, up, down) decoded in one launch;
-* tile shapes (lanes × steps) and warps per program on one tensor;
+* single tensors of 16 MB to 1 GB (``--quick``: 16 and 64 MB);
+* a Llama-3-8B-shaped transformer block (q, k, v, o, gate, up, down) decoded as one batch;
+* tile shapes (symbols per lane: 512, 1024, 2048) on one tensor, and 12-bit codes (no long-code path);
 * the ceiling: ``copy_`` of the same number of bytes, device to device;
 * DFloat11's own CUDA kernel (``decode.ptx`` from the ``dfloat11`` package, launched with CuPy, on data
   encoded here in DFloat11's format with its own code tables), when dfloat11, cupy and dahuffman import.
@@ -39,7 +39,6 @@ import numpy as np
 import torch
 
 from floatzip import compress_tensor
-from floatzip.format.tensor import CompressedTensor
 
 LLAMA8B_BLOCK = {
     "q_proj": (4096, 4096),
@@ -56,10 +55,8 @@ MB = 1 << 20
 @dataclass
 class Row:
     case: str  # what was decoded
-    method: str  # floatzip-table, floatzip-canonical, copy, dfloat11
-    lanes: int | None
+    method: str  # floatzip, floatzip-12bit, copy, dfloat11
     steps: int | None
-    num_warps: int | None
     out_bytes: int
     in_bytes: int  # bytes the decoder reads from its compressed inputs (streams, tables, descriptors)
     ms: float  # median time per launch
@@ -109,50 +106,38 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 # --- floatzip ---------------------------------------------------------------------------------------
 def bench_floatzip(
-    case: str,
-    tensors: list[torch.Tensor],
-    timer: Timer,
-    *,
-    lanes: int,
-    steps: int,
-    methods: tuple[bool, ...] = (False, True),
-    warps: tuple[int | None, ...] = (None,),
-    cts: list[CompressedTensor] | None = None,
-) -> list[Row]:
-    from floatzip.decode import triton as tdec
+    case: str, tensors: list[torch.Tensor], timer: Timer, *, steps: int | None = None, max_code_len: int = 16
+) -> Row:
+    from floatzip.decode import cuda
 
     t0 = time.perf_counter()
-    if cts is None:
-        cts = [compress_tensor(t, lanes=lanes, steps=steps) for t in tensors]
+    cts = [compress_tensor(t, steps=steps, max_code_len=max_code_len) for t in tensors]
     enc_mbs = sum(t.numel() * t.element_size() for t in tensors) / MB / max(time.perf_counter() - t0, 1e-9)
-    batch = tdec.prepare(cts, "cuda")
+    batch = cuda.prepare(cts, "cuda")
     buffer = torch.empty(batch.nbytes, dtype=torch.uint8, device="cuda")
     originals = [t.cuda() for t in tensors]
     out_bytes = sum(t.numel() * t.element_size() for t in tensors)
     ratio = sum(ct.nbytes for ct in cts) / out_bytes
-    rows = []
-    for canonical in methods:
-        for nw in warps:
-            buffer.fill_(0xFF)
-            tdec.decode_batch(batch, buffer, canonical=canonical, num_warps=nw)
-            batch.check()
-            exact = all(same_bits(v, o) for v, o in zip(batch.views(buffer), originals, strict=True))
-            ms = timer(lambda c=canonical, w=nw: tdec.decode_batch(batch, buffer, canonical=c, num_warps=w))
-            method = "floatzip-" + ("canonical" if canonical else "table")
-            warps_used = nw if nw is not None else tdec.default_num_warps(lanes)
-            note = f"ratio {ratio:.4f}, {len(cts)} tensors, {batch.n_tiles} tiles, encode {enc_mbs:.0f} MB/s"
-            row = Row(case, method, lanes, steps, warps_used, out_bytes, batch.device_nbytes, ms, gbps(out_bytes, ms),
-                      exact, note)  # fmt: skip
-            rows.append(row)
-            print_row(rows[-1])
-    return rows
+    buffer.fill_(0xA5)
+    cuda.decode_batch(batch, buffer)
+    torch.cuda.synchronize()
+    batch.check()
+    exact = all(same_bits(v, o) for v, o in zip(batch.views(buffer), originals, strict=True))
+    ms = timer(lambda: cuda.decode_batch(batch, buffer))
+    kernels = ",".join(sorted({launch.kernel.split("<")[1].rstrip(">") for launch in batch.launches}))
+    note = (f"ratio {ratio:.4f}, {len(cts)} tensors, {batch.n_tiles} tiles, kernels <{kernels}>, "
+            f"encode {enc_mbs:.0f} MB/s")  # fmt: skip
+    method = "floatzip" if max_code_len == 16 else f"floatzip-{max_code_len}bit"
+    row = Row(case, method, cts[0].steps, out_bytes, batch.device_nbytes, ms, gbps(out_bytes, ms), exact, note)
+    print_row(row)
+    return row
 
 
 def bench_copy(case: str, nbytes: int, timer: Timer) -> Row:
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_()
     dst = torch.empty_like(src)
     ms = timer(lambda: dst.copy_(src))
-    row = Row(case, "copy", None, None, None, nbytes, nbytes, ms, gbps(nbytes, ms), bool(torch.equal(src, dst)))
+    row = Row(case, "copy", None, nbytes, nbytes, ms, gbps(nbytes, ms), bool(torch.equal(src, dst)))
     print_row(row)
     return row
 
@@ -222,24 +207,19 @@ def bench_df11(case: str, tensors: list[torch.Tensor], timer: Timer, df11: tuple
     in_bytes = sum(t.numel() * t.element_size() for t in (d_luts, d_enc, d_other, d_pos, d_gaps))
     ratio = (nbytes + n + positions.size * 4 + d_gaps.numel()) / (2 * n)
     note = f"ratio {ratio:.4f}, {blocks} blocks"
-    row = Row(case, "dfloat11", None, None, DF11_THREADS // 32, 2 * n, in_bytes, ms, gbps(2 * n, ms), exact, note)
+    row = Row(case, "dfloat11", None, 2 * n, in_bytes, ms, gbps(2 * n, ms), exact, note)
     print_row(row)
     return row
 
 
 # --- report -----------------------------------------------------------------------------------------
-HEADER = (
-    f"{'case':<22} {'method':<20} {'lanes':>5} {'steps':>5} {'warps':>5} {'out MB':>8} {'ms':>9} {'GB/s':>8} "
-    "exact  note"
-)
+HEADER = f"{'case':<22} {'method':<16} {'steps':>5} {'out MB':>8} {'ms':>9} {'GB/s':>8} exact  note"
 
 
 def print_row(r: Row) -> None:
-    def opt(v: int | None) -> str:
-        return "-" if v is None else str(v)
-
-    print(f"{r.case:<22} {r.method:<20} {opt(r.lanes):>5} {opt(r.steps):>5} {opt(r.num_warps):>5} "
-          f"{r.out_bytes / MB:>8.1f} {r.ms:>9.3f} {r.gbps:>8.1f} {r.exact!s:<5}  {r.note}", flush=True)  # fmt: skip
+    steps = "-" if r.steps is None else str(r.steps)
+    print(f"{r.case:<22} {r.method:<16} {steps:>5} {r.out_bytes / MB:>8.1f} {r.ms:>9.3f} {r.gbps:>8.1f} "
+          f"{r.exact!s:<5}  {r.note}", flush=True)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,26 +237,25 @@ def main(argv: list[str] | None = None) -> int:
         help="skip DFloat11 on cases larger than this (its Python encoder runs at ~4 MB/s)",
     )
     ap.add_argument("--no-block", action="store_true", help="skip the Llama-8B block")
-    ap.add_argument("--no-variants", action="store_true", help="skip the tile and warp variants")
+    ap.add_argument("--no-variants", action="store_true", help="skip the tile-shape and 12-bit variants")
     args = ap.parse_args(argv)
 
     if not torch.cuda.is_available():
         print("gpu_decode: no CUDA device; this benchmark needs one", file=sys.stderr)
         return 2
-    import triton
+    from floatzip.decode import _nvrtc, cuda
 
-    from floatzip.decode import triton as tdec
-
-    if tdec.INTERPRETED:
-        print("gpu_decode: TRITON_INTERPRET is set; unset it to time the compiled kernels", file=sys.stderr)
-        return 2
+    t0 = time.perf_counter()
+    cuda.compiled("sm_{}{}".format(*torch.cuda.get_device_capability(0)))  # NVRTC (or the disk cache) first
+    compile_s = time.perf_counter() - t0
     dev = torch.cuda.get_device_properties(0)
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": dev.name,
         "sm_count": dev.multi_processor_count,
         "torch": torch.__version__,
-        "triton": triton.__version__,
+        "nvrtc": ".".join(map(str, _nvrtc.version())),
+        "kernel_compile_s": round(compile_s, 2),
         "python": platform.python_version(),
         "iters": args.iters,
         "flush_mb": args.flush_mb,
@@ -297,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         n = size * MB // 2
         t = weights((n // 4096, 4096), seed=i)
         case = f"{size}MB"
-        rows += bench_floatzip(case, [t], timer, lanes=128, steps=1024)
+        rows.append(bench_floatzip(case, [t], timer))
         rows.append(bench_copy(case, size * MB, timer))
         if df11 is not None and t.numel() * 2 <= args.df11_max_mb * 1e6:
             rows.append(bench_df11(case, [t], timer, df11))
@@ -307,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_block:
         block = [weights(shape, seed=100 + i) for i, shape in enumerate(LLAMA8B_BLOCK.values())]
         case = "llama8b-block"
-        rows += bench_floatzip(case, block, timer, lanes=128, steps=1024)
+        rows.append(bench_floatzip(case, block, timer))
         rows.append(bench_copy(case, sum(t.numel() * 2 for t in block), timer))
         if df11 is not None and sum(t.numel() * 2 for t in block) <= args.df11_max_mb * 1e6:
             rows.append(bench_df11(case, block, timer, df11))
@@ -317,14 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_variants:
         size = 64 if args.quick else 256
         t = weights((size * MB // 2 // 4096, 4096), seed=7)
-        case = f"{size}MB-tiles"
-        lanes_set = (64, 128, 256)
-        steps_set = (512, 1024) if args.quick else (512, 1024, 2048)
-        for lanes in lanes_set:
-            for steps in steps_set:
-                ct = compress_tensor(t, lanes=lanes, steps=steps)
-                warps = (None,) if (lanes, steps) != (128, 1024) else (2, 4, 8)
-                rows += bench_floatzip(case, [t], timer, lanes=lanes, steps=steps, warps=warps, cts=[ct])
+        case = f"{size}MB-variants"
+        for steps in (64, 128, 256):
+            rows.append(bench_floatzip(case, [t], timer, steps=steps))
+        rows.append(bench_floatzip(case, [t], timer, max_code_len=12))
         del t
 
     print()
@@ -336,11 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     for case, r in best.items():
         copy = next((c for c in rows if c.case == case and c.method == "copy"), None)
         frac = f", {r.gbps / copy.gbps:.0%} of copy" if copy else ""
-        how = f"{r.method}, lanes {r.lanes}, steps {r.steps}, warps {r.num_warps}{frac}"
+        how = f"{r.method}, steps {r.steps}{frac}"
         print(f"  {case:<20} {r.gbps:8.1f} GB/s ({how})")
     failed = [r for r in rows if r.exact is False]
     for r in failed:
-        print(f"NOT EXACT: {r.case} {r.method} lanes={r.lanes} steps={r.steps}", file=sys.stderr)
+        print(f"NOT EXACT: {r.case} {r.method} steps={r.steps}", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
         print(f"wrote {args.json}")

@@ -1,11 +1,18 @@
-"""Where floatzip's bytes go on MiniLM-L6-v2 in BF16: entropy bound, code cost, layout overheads.
+"""Where floatzip's bytes go on MiniLM-L6-v2 in BF16, and what each format v2 layout choice costs.
 
-    python benchmarks/ratio_breakdown.py
+    python benchmarks/ratio_breakdown.py [--json FILE]
 
-Every figure is a percentage of the BF16 tensor bytes.
+Every figure is a percentage of the BF16 tensor bytes. The first table splits the default encoding
+(entropy bound, code, lane index, tables, headers); the second re-encodes the same tensors with other
+choices: symbols per lane (the tile's steps), the code-length cap (12 bits: no long-code path on the GPU),
+and, computed from the same blobs, what a plain 16-bit length per lane (format v1's) would have cost
+instead of v2's per-tile base + narrow deltas.
 """
 
 from __future__ import annotations
+
+import argparse
+import json
 
 import numpy as np
 import torch
@@ -16,44 +23,77 @@ from floatzip.demo import minilm_dir
 from floatzip.format import spec
 
 
-def main() -> None:
+def tensors_bf16() -> list[torch.Tensor]:
     weights = load_file(minilm_dir() / "model.safetensors")
-    tensors = [t.to(torch.bfloat16) for t in weights.values() if t.is_floating_point()]
-    total = sum(t.numel() * 2 for t in tensors)
-    small = sum(t.numel() * 2 for t in tensors if t.numel() < spec.MIN_ENCODED_NUMEL)
-    bound = coded = lanes = tables = blobs = 0.0
-    exp_only = 0.0
+    return [t.to(torch.bfloat16).contiguous() for t in weights.values() if t.is_floating_point()]
+
+
+def entropy_bits(words: np.ndarray, shift: int) -> float:
+    counts = np.bincount((words >> shift) & ((1 << (16 - shift - 1)) - 1))
+    p = counts[counts > 0] / words.size
+    return float((-(p * np.log2(p)).sum() + shift + 1) * words.size)
+
+
+def breakdown(tensors: list[torch.Tensor], steps: int | None = None, max_code_len: int = 16) -> dict[str, float]:
+    """Bytes of each part of the encoded tensors (>= MIN_ENCODED_NUMEL elements)."""
+    out = dict.fromkeys(
+        ("exp_bound", "bound", "coded", "lane_index", "lane_index_u16", "tables", "headers", "blobs", "small"), 0.0
+    )
     for t in tensors:
         if t.numel() < spec.MIN_ENCODED_NUMEL:
+            out["small"] += 2 * t.numel()
             continue
-        ct = floatzip.compress_tensor(t)
+        ct = floatzip.compress_tensor(t, steps=steps, max_code_len=max_code_len)
         words = t.reshape(-1).view(torch.int16).numpy().view(np.uint16).astype(np.int64)
-        for shift, acc in ((ct.shift, "bound"), (7, "exp_only")):
-            counts = np.bincount((words >> shift) & ((1 << (16 - shift - 1)) - 1))
-            p = counts[counts > 0] / words.size
-            bits = (-(p * np.log2(p)).sum() + shift + 1) * words.size / 8
-            if acc == "bound":
-                bound += bits
-            else:
-                exp_only += bits
-        coded += (int(ct.tile_words[-1]) * 32 + ct.numel * ct.raw_bits) / 8
-        lanes += ct.lane_bits.nbytes + ct.tile_words.nbytes
-        tables += (1 << ct.sym_bits) / 8 + int((ct.code_lengths > 0).sum())
-        blobs += ct.nbytes
+        out["exp_bound"] += entropy_bits(words, 7) / 8
+        out["bound"] += entropy_bits(words, ct.shift) / 8
+        info = ct.v2
+        out["coded"] += (4 * int(info["code_words"]) + 4 * int(info["raw_words"])) / 1
+        n_tiles = int(info["n_tiles"])
+        out["lane_index"] += 4 * (n_tiles + 1) + 4 * n_tiles + 4 * int(info["delta_words"])
+        out["lane_index_u16"] += 4 * (n_tiles + 1) + 2 * spec.LANES * n_tiles
+        out["tables"] += int(info["tables_len"])
+        out["blobs"] += ct.nbytes
+    out["headers"] = out["blobs"] - out["coded"] - out["lane_index"] - out["tables"]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", help="write the figures here too")
+    a = p.parse_args()
+    tensors = tensors_bf16()
+    total = sum(2 * t.numel() for t in tensors)
+    pct = lambda x: 100 * x / total  # noqa: E731
+    base = breakdown(tensors)
+    print(f"MiniLM-L6-v2 in BF16: {len(tensors)} tensors, {total / 1e6:.2f} MB; default tile (1024 symbols per lane)")
     rows = [
-        ("order-0 bound, exponent only (sign+mantissa raw)", exp_only),
-        ("order-0 bound of floatzip's chosen symbols + raw bits", bound),
-        ("coded streams (Huffman, 16-bit cap)", coded),
-        ("+ lane sizes and tile offsets", lanes),
-        ("+ code tables (bitmap + lengths)", tables),
-        ("+ blob headers and padding", blobs - coded - lanes - tables),
-        ("= encoded tensors", blobs),
-        ("+ tensors < 4096 elements, stored plain", small),
-        ("= all BF16 tensor data", blobs + small),
+        ("order-0 bound, exponent only (sign + mantissa raw)", base["exp_bound"]),
+        ("order-0 bound of the chosen symbols (exponent + k mantissa bits) + raw bits", base["bound"]),
+        ("coded streams: Huffman codes (16-bit cap) + raw bits", base["coded"]),
+        ("+ lane index (tile offsets, lane bases, narrow deltas)", base["lane_index"]),
+        ("+ code tables (bitmap + 4-bit lengths)", base["tables"]),
+        ("+ blob headers, padding words, alignment", base["headers"]),
+        ("= encoded tensors", base["blobs"]),
+        ("+ tensors < 4096 elements, stored plain", base["small"]),
+        ("= all BF16 tensor data", base["blobs"] + base["small"]),
     ]
-    print(f"MiniLM-L6-v2 in BF16: {len(tensors)} tensors, {total / 1e6:.2f} MB")
     for label, value in rows:
-        print(f"  {label:<55} {100 * value / total:7.3f}%")
+        print(f"  {label:<78} {pct(value):7.3f}%")
+    print(f"  (a 16-bit length per lane instead of the narrow deltas: {pct(base['lane_index_u16']):.3f}% "
+          f"instead of {pct(base['lane_index']):.3f}%)")  # fmt: skip
+    print("\nchoices (encoded tensors + small ones, % of BF16):")
+    variants: dict[str, dict[str, float]] = {}
+    for steps in (32, 64, 128, 256):
+        variants[f"{8 * steps} symbols/lane, 16-bit cap"] = breakdown(tensors, steps=steps)
+    variants["1024 symbols/lane, 12-bit cap"] = breakdown(tensors, max_code_len=12)
+    for label, r in variants.items():
+        print(f"  {label:<34} {pct(r['blobs'] + r['small']):7.3f}%   lane index {pct(r['lane_index']):.3f}%")
+    if a.json:
+        doc = {"total_bytes": total, "default": {k: pct(v) for k, v in base.items()},
+               "variants": {k: {kk: pct(vv) for kk, vv in v.items()} for k, v in variants.items()}}  # fmt: skip
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -31,3 +31,12 @@ def test_ruff(args: list[str]) -> None:
 def test_mypy() -> None:
     proc = subprocess.run(tool("mypy"), cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_core_stub_matches_the_compiled_module(tmp_path: Path) -> None:
+    """src/floatzip/_core.pyi (the typed face of the compiled core) is what nanobind's stubgen writes for it."""
+    out = tmp_path / "_core.pyi"
+    subprocess.run([sys.executable, "-m", "nanobind.stubgen", "-q", "-m", "floatzip._core", "-o", str(out)], check=True)
+    subprocess.run([*tool("ruff"), "format", "--quiet", str(out)], check=True, cwd=ROOT)
+    committed = ROOT / "src" / "floatzip" / "_core.pyi"
+    assert out.read_text() == committed.read_text(), "regenerate it: python -m nanobind.stubgen -m floatzip._core"

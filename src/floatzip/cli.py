@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from floatzip.errors import FloatzipError, InputError
-from floatzip.format import spec
 
 
 def _size(n: float) -> str:
@@ -36,7 +35,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if is_df11_checkpoint(args.src):
         raise InputError(f"{args.src}: a DFloat11 (DF11) checkpoint, already compressed; "
                          f"floatzip convert {args.src} {args.dst} turns it into a floatzip checkpoint")  # fmt: skip
-    r = compress_checkpoint(args.src, args.dst, lanes=args.lanes, steps=args.steps, progress=not args.quiet)
+    r = compress_checkpoint(args.src, args.dst, steps=args.steps, progress=not args.quiet)
     encoded = sum(t.encoded for t in r.tensors)
     print(f"compressed {args.src} -> {args.dst}")
     print(_table([
@@ -53,7 +52,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from floatzip.convert.df11 import convert_df11
 
-    r = convert_df11(args.src, args.dst, model_config=args.model_config, lanes=args.lanes, steps=args.steps,
+    r = convert_df11(args.src, args.dst, model_config=args.model_config, steps=args.steps,
                      progress=not args.quiet)  # fmt: skip
     print(f"converted DF11 {args.src} -> floatzip {args.dst}, bit for bit")
     print(_table([
@@ -115,7 +114,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ("compress", f"{r.compress_s:.2f} s ({mb / r.compress_s:.1f} MB/s, includes a full verify)"),
         ("verify", f"{r.verify_s:.2f} s ({mb / r.verify_s:.1f} MB/s)"),
         ("decompress", f"{r.decompress_s:.2f} s ({mb / r.decompress_s:.1f} MB/s)"),
-        ("kernel warm-up", f"{r.warmup_s:.2f} s (Numba compiles once, then loads from its cache)"),
         ("bit-exact", "yes: every restored file has the original's sha256" if r.identical else "NO"),
         ("run compressed", {None: "skipped (transformers is not installed)",
                             True: "yes: MiniLM run straight from the compressed checkpoint gives bit-identical "
@@ -145,15 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compress", help="compress a .safetensors file or a model directory")
     c.add_argument("src", type=Path)
     c.add_argument("dst", type=Path, help="new directory for the compressed checkpoint")
-    c.add_argument("--lanes", type=int, default=spec.DEFAULT_LANES, help="lanes per tile (docs/FORMAT.md)")
-    c.add_argument("--steps", type=int, default=spec.DEFAULT_STEPS, help="symbols per lane (docs/FORMAT.md)")
+    c.add_argument("--steps", type=int, default=None, help="steps per tile (docs/FORMAT.md §1.4; default: per dtype)")
     c.set_defaults(run=cmd_compress)
 
     cv = sub.add_parser("convert", help="turn a DFloat11 (DF11) checkpoint into a floatzip one, bit for bit")
     cv.add_argument("src", type=Path, help="a DF11 checkpoint directory (or its one .safetensors file)")
     cv.add_argument("dst", type=Path, help="new directory for the floatzip checkpoint")
-    cv.add_argument("--lanes", type=int, default=spec.DEFAULT_LANES, help="lanes per tile (docs/FORMAT.md)")
-    cv.add_argument("--steps", type=int, default=spec.DEFAULT_STEPS, help="symbols per lane (docs/FORMAT.md)")
+    cv.add_argument("--steps", type=int, default=None, help="steps per tile (docs/FORMAT.md §1.4; default: per dtype)")
     cv.set_defaults(run=cmd_convert)
 
     d = sub.add_parser("decompress", help="restore the original files, byte for byte")

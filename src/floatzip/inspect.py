@@ -9,15 +9,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from floatzip.codec.encode import compress_tensor
+from floatzip.codec.encode import compress_words
 from floatzip.decode import decode_words
 from floatzip.errors import InputError
 from floatzip.format import spec
+from floatzip.format.blob import CompressedTensor
 from floatzip.format.checkpoint import is_floatzip_checkpoint, open_compressed, read_blob
 from floatzip.format.safetensors_io import Entry, iter_files, read_header, read_range
-from floatzip.format.tensor import CompressedTensor
 
 
 @dataclass
@@ -164,7 +163,7 @@ def _would_store(
     ct = None
     stored = len(data)
     if layout is not None and words is not None and words.size >= spec.MIN_ENCODED_NUMEL:
-        ct = compress_tensor(torch.from_numpy(words).view(layout.torch_dtype).reshape(shape))
+        ct = compress_words(words, layout, tuple(shape))
         stored = min(ct.nbytes, len(data))
     return _stats(rel, name, dtype, shape, len(data), stored, ct, words, hist)
 

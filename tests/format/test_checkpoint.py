@@ -16,13 +16,13 @@ from safetensors.torch import load_file, save_file
 
 from floatzip.errors import FloatzipError, FormatError, InputError, IntegrityError, VersionError
 from floatzip.format import spec
+from floatzip.format.blob import CompressedTensor
 from floatzip.format.checkpoint import (
     compress_checkpoint,
     decompress_checkpoint,
     read_compressed_file,
     verify_checkpoint,
 )
-from floatzip.format.tensor import CompressedTensor
 from tests.conftest import digests, small_state_dict
 
 
@@ -55,7 +55,7 @@ def test_sharded_directory_with_index_and_subdirs(tmp_path: Path) -> None:
     restored = round_trip(src, tmp_path)
     assert digests(restored) == digests(src)
     config = json.loads((tmp_path / "c" / "config.json").read_text())
-    assert config["quantization_config"] == {"quant_method": "floatzip", "format_version": 1}
+    assert config["quantization_config"] == {"quant_method": "floatzip", "format_version": 2}
     assert (tmp_path / "c" / "model.safetensors.index.json").read_bytes() == (
         src / "model.safetensors.index.json"
     ).read_bytes()
@@ -77,7 +77,7 @@ def test_compressed_file_is_plain_safetensors_with_blobs(small_file: Path, tmp_p
     path = tmp_path / "c" / "model.safetensors"
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        assert meta[spec.META_VERSION] == "1"
+        assert meta[spec.META_VERSION] == "2"
         encoded = json.loads(meta[spec.META_ENCODED])
         assert sorted(encoded) == ["a.weight", "b.weight", "c.weight", "d.weight"]
         assert f.get_tensor("a.weight").dtype == torch.uint8

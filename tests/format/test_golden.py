@@ -1,7 +1,9 @@
 """Golden checkpoints: committed files of every released format version, never regenerated.
 
 Each must keep decoding, byte for byte, with every later floatzip. tests/golden/v1 was written by format
-version 1 (lanes=32, steps=16) from tests.conftest.small_state_dict() plus a config.json.
+version 1 (lanes=32, steps=16) from tests.conftest.small_state_dict() plus a config.json; tests/golden/v2 by
+format version 2 (steps=8) from the same two files; tests/golden/v1/blobs holds single v1 blobs of every
+dtype and odd shape (tests/format/test_blob.py).
 """
 
 from __future__ import annotations
@@ -10,17 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from floatzip.format.blob import CompressedTensor
 from floatzip.format.checkpoint import decompress_checkpoint, read_compressed_file, verify_checkpoint
-from floatzip.format.tensor import CompressedTensor
 from tests.conftest import digests
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
-EXPECTED = {
-    "v1": {
-        "config.json": "62b2d26b4da6b87806b16b1a9d958109b3f66ce5baa9c68be63f655c63940259",
-        "model.safetensors": "34dfc39c5012d6b3182ad4969ae5c4af871b345e229a859655e881098869948c",
-    }
+ORIGINAL = {
+    "config.json": "62b2d26b4da6b87806b16b1a9d958109b3f66ce5baa9c68be63f655c63940259",
+    "model.safetensors": "34dfc39c5012d6b3182ad4969ae5c4af871b345e229a859655e881098869948c",
 }
+EXPECTED = {"v1": ORIGINAL, "v2": ORIGINAL}
 
 
 @pytest.mark.parametrize("version", sorted(EXPECTED))
@@ -37,4 +38,21 @@ def test_golden_v1_holds_every_dtype_as_blobs() -> None:
     tensors = read_compressed_file(GOLDEN / "v1" / "model.safetensors")
     blobs = {name: t for name, t in tensors.items() if isinstance(t, CompressedTensor)}
     assert {t.layout.name for t in blobs.values()} == {"BF16", "F16", "F32", "F8_E4M3"}
-    assert all(t.lanes == 32 and t.steps == 16 for t in blobs.values())
+    assert all(t.version == 1 and t.v1.lanes == 32 and t.steps == 16 for t in blobs.values())
+
+
+def test_golden_v2_holds_every_dtype_as_v2_blobs_the_gpu_path_decodes() -> None:
+    import numpy as np
+    import torch
+
+    from floatzip.decode import cuda, decompress_tensor
+
+    tensors = read_compressed_file(GOLDEN / "v2" / "model.safetensors")
+    blobs = [t for t in tensors.values() if isinstance(t, CompressedTensor)]
+    assert {t.layout.name for t in blobs} == {"BF16", "F16", "F32", "F8_E4M3"}
+    assert all(t.version == 2 and t.steps == 8 for t in blobs)
+    hb = cuda.host_batch(blobs)
+    out = np.zeros(hb.nbytes, dtype=np.uint8)
+    assert not cuda.emulate(hb, out).any()
+    for ct, view in zip(blobs, cuda.tensor_views(hb.offsets, hb.dtypes, hb.shapes, torch.from_numpy(out)), strict=True):
+        assert torch.equal(view.reshape(-1).view(torch.uint8), decompress_tensor(ct).reshape(-1).view(torch.uint8))

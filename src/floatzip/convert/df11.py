@@ -35,7 +35,6 @@ import torch
 
 from floatzip.convert._df11_decode import Df11Block, decode_block
 from floatzip.errors import FormatError, InputError
-from floatzip.format import spec
 from floatzip.format.checkpoint import CheckpointReport, build_checkpoint
 from floatzip.format.safetensors_io import Entry, Header, StreamingWriter, iter_files, read_header, read_range
 
@@ -457,8 +456,7 @@ def convert_df11(
     dst: str | Path,
     *,
     model_config: str | Path | None = None,
-    lanes: int = spec.DEFAULT_LANES,
-    steps: int = spec.DEFAULT_STEPS,
+    steps: int | None = None,
     progress: bool = False,
 ) -> ConvertReport:
     """Convert the DF11 checkpoint ``src`` into the new floatzip checkpoint directory ``dst``, bit for bit.
@@ -482,7 +480,7 @@ def convert_df11(
         for f in source.files
     )
     with (
-        build_checkpoint(dst, report, total=total, lanes=lanes, steps=steps, progress=progress) as builder,
+        build_checkpoint(dst, report, total=total, steps=steps, progress=progress) as builder,
         tempfile.TemporaryDirectory(prefix=f".{dst.name}.bf16.", dir=dst.parent) as scratch_dir,
     ):
         scratch = Path(scratch_dir)

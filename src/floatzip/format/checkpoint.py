@@ -18,16 +18,17 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
-from floatzip.codec.encode import compress_tensor
+from floatzip.codec.encode import compress_words
 from floatzip.decode import decode_words
 from floatzip.errors import FormatError, InputError, IntegrityError, VersionError
 from floatzip.format import spec
+from floatzip.format.blob import CompressedTensor
 from floatzip.format.safetensors_io import (
     Entry,
     Header,
@@ -37,7 +38,9 @@ from floatzip.format.safetensors_io import (
     read_header,
     read_range,
 )
-from floatzip.format.tensor import CompressedTensor
+
+if TYPE_CHECKING:
+    import torch
 
 _COPY_CHUNK = 16 << 20
 
@@ -150,7 +153,7 @@ def _should_encode(entry: Entry) -> bool:
 # compress
 
 
-def _compress_file(src: Path, dst: Path, rel: str, report: CheckpointReport, bar: tqdm, lanes: int, steps: int) -> None:
+def _compress_file(src: Path, dst: Path, rel: str, report: CheckpointReport, bar: tqdm, steps: int | None) -> None:
     header = read_header(src)
     candidates = [e for e in header.entries if _should_encode(e)]
     planned = [(e.name, "U8" if _should_encode(e) else e.dtype, len(e.shape)) for e in header.entries]
@@ -167,8 +170,7 @@ def _compress_file(src: Path, dst: Path, rel: str, report: CheckpointReport, bar
             stored: bytes | bytearray = data
             if _should_encode(e):
                 layout = spec.LAYOUT_BY_NAME[e.dtype]
-                t = torch.from_numpy(_words(e, data)).view(layout.torch_dtype).view(e.shape)
-                blob = compress_tensor(t, lanes=lanes, steps=steps).to_bytes()
+                blob = compress_words(_words(e, data), layout, e.shape, steps=steps).to_bytes()
                 if len(blob) < len(data):
                     stored = blob
                     encoded.append(e.name)
@@ -186,11 +188,10 @@ class CheckpointBuilder:
     original files itself (the DF11 converter) can delete each one once it is added.
     """
 
-    def __init__(self, tmp: Path, report: CheckpointReport, bar: tqdm, lanes: int, steps: int) -> None:
+    def __init__(self, tmp: Path, report: CheckpointReport, bar: tqdm, steps: int | None) -> None:
         self._tmp = tmp
         self._report = report
         self._bar = bar
-        self._lanes = lanes
         self._steps = steps
         self._manifest: list[dict[str, object]] = []
 
@@ -200,7 +201,7 @@ class CheckpointBuilder:
         out.parent.mkdir(parents=True, exist_ok=True)
         entry: dict[str, object] = {"path": rel, "size": f.stat().st_size, "sha256": _sha256_file(f)}
         if f.suffix == ".safetensors":
-            _compress_file(f, out, rel, self._report, self._bar, self._lanes, self._steps)
+            _compress_file(f, out, rel, self._report, self._bar, self._steps)
             entry["kind"] = "safetensors"
             self._report.original_bytes += f.stat().st_size
             self._report.compressed_bytes += out.stat().st_size
@@ -223,13 +224,13 @@ class CheckpointBuilder:
 
 @contextlib.contextmanager
 def build_checkpoint(
-    dst: Path, report: CheckpointReport, *, total: int, lanes: int, steps: int, progress: bool
+    dst: Path, report: CheckpointReport, *, total: int, steps: int | None, progress: bool
 ) -> Iterator[CheckpointBuilder]:
     """A :class:`CheckpointBuilder` staged beside ``dst``; on a clean exit the manifest is written, the
     whole checkpoint is verified, and it is renamed to ``dst``. On an error nothing is left."""
     start = time.perf_counter()
     with _staging(dst) as tmp, _progress(total, "compress", progress) as bar:
-        builder = CheckpointBuilder(tmp, report, bar, lanes, steps)
+        builder = CheckpointBuilder(tmp, report, bar, steps)
         yield builder
         builder._finish()
     report.seconds = time.perf_counter() - start
@@ -239,11 +240,12 @@ def compress_checkpoint(
     src: str | Path,
     dst: str | Path,
     *,
-    lanes: int = spec.DEFAULT_LANES,
-    steps: int = spec.DEFAULT_STEPS,
+    steps: int | None = None,
     progress: bool = False,
 ) -> CheckpointReport:
-    """Compress a ``.safetensors`` file or a model directory into the new directory ``dst``."""
+    """Compress a ``.safetensors`` file or a model directory into the new directory ``dst``.
+
+    ``steps`` sets every blob's tile (docs/FORMAT.md §1.4); the default suits each dtype."""
     src, dst = Path(src), Path(dst)
     root, files = _source_files(src)
     report = CheckpointReport(src, dst)
@@ -251,7 +253,7 @@ def compress_checkpoint(
     for f in files:  # refuse a bad input before anything is written
         if f.suffix == ".safetensors":
             read_header(f)
-    with build_checkpoint(dst, report, total=total, lanes=lanes, steps=steps, progress=progress) as builder:
+    with build_checkpoint(dst, report, total=total, steps=steps, progress=progress) as builder:
         for f in files:
             builder.add(f, f.relative_to(root).as_posix())
     return report
@@ -291,10 +293,10 @@ def open_compressed(path: Path) -> CompressedFile:
     meta = header.metadata
     if spec.META_VERSION not in meta:
         raise FormatError(f"{path}: not a floatzip-compressed safetensors file (no {spec.META_VERSION} metadata)")
-    if meta[spec.META_VERSION] != str(spec.FORMAT_VERSION):
+    if meta[spec.META_VERSION] not in {str(v) for v in spec.READ_VERSIONS}:
         raise VersionError(
             f"{path}: floatzip format version {meta[spec.META_VERSION]} is not supported by this floatzip "
-            f"(it reads version {spec.FORMAT_VERSION}); upgrade floatzip"
+            f"(it reads versions {', '.join(map(str, spec.READ_VERSIONS))}); upgrade floatzip"
         )
     try:
         encoded = json.loads(meta[spec.META_ENCODED])
@@ -349,7 +351,7 @@ def read_compressed_file(path: str | Path) -> dict[str, CompressedTensor | torch
     return out
 
 
-def _original_stream(cf: CompressedFile, check_crc: bool) -> Iterator[bytes | bytearray]:
+def _original_stream(cf: CompressedFile, check_crc: bool) -> Iterator[bytes | bytearray | memoryview]:
     """The original file's bytes, piece by piece: length, header, then each tensor in data order."""
     yield len(cf.original.raw).to_bytes(8, "little") + cf.original.raw
     ours = cf.header.by_name()
@@ -358,18 +360,14 @@ def _original_stream(cf: CompressedFile, check_crc: bool) -> Iterator[bytes | by
             if o.name in cf.encoded:
                 ct = read_blob(cf, f, o.name)
                 words = np.empty(ct.numel, dtype=np.dtype(f"<u{ct.layout.nbytes}"))
-                decode_words(ct, words)
-                data = words.tobytes()
-                if check_crc and ct.data_crc32 != _crc32(data):
-                    raise IntegrityError(f"{cf.path}: tensor {o.name!r} decodes to the wrong bytes (checksum mismatch)")
-                yield data
+                try:
+                    decode_words(ct, words, verify=check_crc)
+                except IntegrityError as exc:
+                    raise IntegrityError(f"{cf.path}: tensor {o.name!r} {exc}") from None
+                yield memoryview(words.view(np.uint8).data)
             else:
                 e = ours[o.name]
                 yield read_range(f, cf.header.data_start + e.begin, e.nbytes, str(cf.path))
-
-
-def _crc32(data: bytes) -> int:
-    return zlib.crc32(data) & 0xFFFFFFFF
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,10 +388,10 @@ def _load_manifest(root: Path) -> list[dict[str, object]]:
         files = doc["files"]
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise FormatError(f"{path}: bad manifest ({exc})") from None
-    if version != spec.FORMAT_VERSION:
+    if version not in spec.READ_VERSIONS:
         raise VersionError(
             f"{path}: floatzip format version {version} is not supported by this floatzip "
-            f"(it reads version {spec.FORMAT_VERSION}); upgrade floatzip"
+            f"(it reads versions {', '.join(map(str, spec.READ_VERSIONS))}); upgrade floatzip"
         )
     for entry in files:
         rel = entry.get("path") if isinstance(entry, dict) else None
@@ -407,7 +405,7 @@ def _load_manifest(root: Path) -> list[dict[str, object]]:
     return list(files)
 
 
-def _restore(root: Path, entry: dict[str, object], bar: tqdm) -> Iterator[bytes | bytearray]:
+def _restore(root: Path, entry: dict[str, object], bar: tqdm) -> Iterator[bytes | bytearray | memoryview]:
     """The original bytes of one manifest entry, piece by piece."""
     rel = str(entry["path"])
     stored = root / rel

@@ -1,23 +1,31 @@
-"""Constants of the floatzip format (docs/FORMAT.md is the authority)."""
+"""Constants of the floatzip format (docs/FORMAT.md is the authority).
+
+Importing this module does not import torch: a layout's ``torch_dtype`` is looked up when first asked for.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this floatzip writes
+READ_VERSIONS = (1, 2)  # what it reads
 BLOB_MAGIC = b"FZtn"
 MAX_CODE_LEN = 16
 MAX_SYMBOL_BITS = 12  # exponent + joined mantissa bits
-HEADER_FIXED = 48
 ALIGN = 16
 MAX_NDIM = 8
-MAX_LANES = 1024
-MAX_STEPS = 4095  # lane_bits is uint16: steps * MAX_CODE_LEN must stay below 2**16
+V1_HEADER_FIXED = 48  # bytes of a blob's header before its shape
+V2_HEADER_FIXED = 56
 
-DEFAULT_LANES = 128
-DEFAULT_STEPS = 1024
+# format v2: a tile is one warp of 32 lanes; a lane decodes GROUP_BYTES of output per step
+LANES = 32
+GROUP_BYTES = 16
+MAX_STEPS = 8192
+LANE_SYMBOLS = 1024  # the default symbols per lane (steps = LANE_SYMBOLS / elements per step)
 
 # A checkpoint stores a float tensor as a blob only from this many elements on.
 MIN_ENCODED_NUMEL = 4096
@@ -35,10 +43,17 @@ class FloatLayout:
 
     code: int
     name: str  # the safetensors dtype name
-    torch_dtype: torch.dtype
+    torch_name: str
     bits: int
     exp_bits: int
     man_bits: int
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        import torch
+
+        dtype: torch.dtype = getattr(torch, self.torch_name)
+        return dtype
 
     @property
     def max_k(self) -> int:
@@ -49,17 +64,27 @@ class FloatLayout:
     def nbytes(self) -> int:
         return self.bits // 8
 
+    @property
+    def group(self) -> int:
+        """Elements a v2 lane decodes per step (16 bytes of output)."""
+        return GROUP_BYTES // self.nbytes
+
+    @property
+    def default_steps(self) -> int:
+        """Steps per tile giving LANE_SYMBOLS symbols per lane."""
+        return LANE_SYMBOLS // self.group
+
 
 LAYOUTS: tuple[FloatLayout, ...] = (
-    FloatLayout(0, "BF16", torch.bfloat16, 16, 8, 7),
-    FloatLayout(1, "F16", torch.float16, 16, 5, 10),
-    FloatLayout(2, "F32", torch.float32, 32, 8, 23),
-    FloatLayout(3, "F8_E4M3", torch.float8_e4m3fn, 8, 4, 3),
-    FloatLayout(4, "F8_E5M2", torch.float8_e5m2, 8, 5, 2),
+    FloatLayout(0, "BF16", "bfloat16", 16, 8, 7),
+    FloatLayout(1, "F16", "float16", 16, 5, 10),
+    FloatLayout(2, "F32", "float32", 32, 8, 23),
+    FloatLayout(3, "F8_E4M3", "float8_e4m3fn", 8, 4, 3),
+    FloatLayout(4, "F8_E5M2", "float8_e5m2", 8, 5, 2),
 )
 LAYOUT_BY_CODE = {layout.code: layout for layout in LAYOUTS}
 LAYOUT_BY_NAME = {layout.name: layout for layout in LAYOUTS}
-LAYOUT_BY_TORCH = {layout.torch_dtype: layout for layout in LAYOUTS}
+LAYOUT_BY_TORCH_NAME = {layout.torch_name: layout for layout in LAYOUTS}
 
 # safetensors dtype name -> bytes per element, for every dtype a header may name.
 SAFETENSORS_ITEMSIZE = {
@@ -85,7 +110,7 @@ SAFETENSORS_ITEMSIZE = {
 
 def layout_for(dtype: torch.dtype) -> FloatLayout | None:
     """The layout of a torch dtype floatzip can code, or None."""
-    return LAYOUT_BY_TORCH.get(dtype)
+    return LAYOUT_BY_TORCH_NAME.get(str(dtype).removeprefix("torch."))
 
 
 def align(n: int, to: int = ALIGN) -> int:

@@ -9,7 +9,7 @@ A *unit* is a group of compressed parameters decoded together, just before its m
 
 Each device has ONE decode buffer, as large as its largest unit. Every compressed parameter is
 replaced, once, by a view into that buffer at a fixed offset, so a unit's forward pre-hook only has
-to decode: one launch per unit on the GPU (Triton), the Numba decoder on the CPU. Only the unit that
+to decode: one launch per unit on the GPU (floatzip's CUDA kernel), the compiled core on the CPU. Only the unit that
 runs holds valid values; the views of the others are stale until their own hook refills the buffer.
 A tied parameter (``lm_head`` sharing ``embed_tokens``) is stored compressed once and decoded by each
 unit that uses it.
@@ -35,12 +35,12 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from floatzip.decode import decompress_tensor
-from floatzip.errors import BackendError, InputError
+from floatzip.errors import BackendError, InputError, IntegrityError
+from floatzip.format.blob import CompressedTensor
 from floatzip.format.spec import align
-from floatzip.format.tensor import CompressedTensor
 
 ALIGN = 256
-"""Alignment, in bytes, of every parameter in a decode buffer (the Triton backend's own default)."""
+"""Alignment, in bytes, of every parameter in a decode buffer (the CUDA backend's own default)."""
 
 RUNTIME_ATTR = "_floatzip_runtime"
 
@@ -144,7 +144,7 @@ def buffer_view(buffer: torch.Tensor, offset: int, dtype: torch.dtype, shape: tu
 
 
 class _CpuDecoder:
-    """Numba (or reference) decoding from host-resident compressed tensors."""
+    """Decoding on the CPU (the compiled core, or the reference) from host-resident compressed tensors."""
 
     offloaded = False
 
@@ -163,64 +163,43 @@ class _CpuDecoder:
             decompress_tensor(ct, out=buffer_view(buffer, off, ct.dtype, ct.shape), backend=self.backend)
 
 
-_STREAMS = ("tile_words", "lane_bits", "codes", "raw")
-
-
 class _CpuOffloadDecoder:
-    """Offload on the CPU: the unit's streams live in one (pinned when CUDA exists) host tensor and are
-    copied into the device's shared staging area before each decode, which reads them from there."""
+    """Offload on the CPU: the unit's blobs live in one (pinned when CUDA exists) host tensor and are copied
+    into the device's shared staging area before each decode, which reads them from there."""
 
     offloaded = True
 
     def __init__(self, cts: Sequence[CompressedTensor], backend: str, staging: Callable[[int], torch.Tensor]) -> None:
         self.backend = backend
         self.offsets, self.nbytes = _layout(cts)
-        pieces: list[tuple[int, np.ndarray]] = []
+        self._spans: list[tuple[int, int]] = []
         pos = 0
         for ct in cts:
-            for f in _STREAMS:
-                arr = getattr(ct, f)
-                pos = align(pos, 16)
-                pieces.append((pos, arr))
-                pos += arr.nbytes
+            pos = align(pos, 16)
+            self._spans.append((pos, ct.nbytes))
+            pos += ct.nbytes
         self.staged_nbytes = pos
         store = torch.empty(pos, dtype=torch.uint8, pin_memory=torch.cuda.is_available())
         raw = store.numpy()
-        for off, arr in pieces:
-            raw[off : off + arr.nbytes] = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
+        for (off, n), ct in zip(self._spans, cts, strict=True):
+            raw[off : off + n] = np.frombuffer(ct.to_bytes(), dtype=np.uint8)
         self.store = store
-        self.stored_nbytes = pos + sum(ct.code_lengths.nbytes for ct in cts)
+        self.stored_nbytes = pos
         self._staging = staging
         self._staging_ptr = -1
-        self._metas = [(ct, [(off, getattr(ct, f)) for f in _STREAMS]) for ct, (off, _) in
-                       zip(cts, pieces[:: len(_STREAMS)], strict=True)]  # fmt: skip
-        self._pieces = pieces
+        self._sources = list(cts)
         self._cts: list[CompressedTensor] = []
 
     def parts(self) -> list[tuple[int, int]]:
         return [(id(self), self.stored_nbytes)]
 
     def _bind(self, stage: torch.Tensor) -> None:
-        """Compressed tensors whose streams are NumPy views of the staging area (rebuilt if it moves)."""
+        """Compressed tensors whose blobs are views of the staging area (rebuilt if it moves)."""
         raw = stage.numpy()
-        cts = []
-        it = iter(self._pieces)
-        for ct, _ in self._metas:
-            views = {}
-            for f in _STREAMS:
-                off, arr = next(it)
-                views[f] = raw[off : off + arr.nbytes].view(arr.dtype)
-            staged = dataclasses.replace(
-                ct,
-                _blob=None,
-                tile_words=views["tile_words"],
-                lane_bits=views["lane_bits"],
-                codes=views["codes"],
-                raw=views["raw"],
-            )
-            staged.__dict__["tables"] = ct.tables  # the decode tables are tiny: keep them, built once
-            cts.append(staged)
-        self._cts = cts
+        self._cts = [
+            dataclasses.replace(ct, _blob=memoryview(raw[off : off + n].data))
+            for ct, (off, n) in zip(self._sources, self._spans, strict=True)
+        ]
         self._staging_ptr = stage.data_ptr()
 
     def decode(self, buffer: torch.Tensor) -> None:
@@ -232,96 +211,88 @@ class _CpuOffloadDecoder:
             decompress_tensor(ct, out=buffer_view(buffer, off, ct.dtype, ct.shape), backend=self.backend)
 
 
-class _TritonDecoder:
-    """GPU decoding with floatzip.decode.triton: one launch per group of tensors sharing ``lanes``
-    (one group, hence one launch, per unit for any checkpoint floatzip writes)."""
+class _CudaDecoder:
+    """GPU decoding with floatzip.decode.cuda: the unit's tensors are one batch, decoded by one launch per
+    kernel specialisation (one, for the checkpoints floatzip writes). With ``emulated`` the same batch is
+    decoded on the CPU by the kernel's own code (floatzip.decode.cuda.emulate): the tests' GPU path."""
 
-    def __init__(self, cts: Sequence[CompressedTensor], device: torch.device, offload: bool) -> None:
-        from floatzip.decode import triton as tb
+    def __init__(self, cts: Sequence[CompressedTensor], device: torch.device, offload: bool, emulated: bool) -> None:
+        from floatzip.decode import cuda
 
-        self._tb = tb
+        self._cuda = cuda
         self.device = device
         self.offloaded = offload
-        groups: dict[int, list[int]] = {}
-        for i, ct in enumerate(cts):
-            groups.setdefault(ct.lanes, []).append(i)
-        self.offsets = [0] * len(cts)
-        self.batches: list[tuple[int, Any]] = []  # (byte base in the unit, batch)
-        pos = 0
-        for idx in groups.values():
-            batch = tb.prepare([cts[i] for i in idx], device, align=ALIGN)
-            base = align(pos, ALIGN)
-            for i, off in zip(idx, batch.offsets, strict=True):
-                self.offsets[i] = base + off
-            pos = base + batch.nbytes
-            self.batches.append((base, _to_host(batch) if offload else batch))
-        self.nbytes = pos
-        self.stored_nbytes = sum(_batch_nbytes(b) for _, b in self.batches)
-        self._prefetched: list[tuple[int, Any]] | None = None
+        self.emulated = emulated
+        hb = cuda.host_batch([_as_v2(ct) for ct in cts], out_align=ALIGN)
+        self.offsets = list(hb.offsets)
+        self.nbytes = hb.nbytes
+        self.host = hb if emulated else None
+        self.batch = None if emulated else cuda.to_device(hb, device, pinned_host=offload)
+        self.stored_nbytes = hb.stored_nbytes
+        self._prefetched: Any = None
         self._event: torch.cuda.Event | None = None
 
     def parts(self) -> list[tuple[int, int]]:
         return [(id(self), self.stored_nbytes)]
 
     def prefetch(self, stream: torch.cuda.Stream) -> None:
-        """Start copying the offloaded batches to the device on ``stream``."""
-        if not self.offloaded or self._prefetched is not None:
+        """Start copying the offloaded batch to the device on ``stream``."""
+        if not self.offloaded or self._prefetched is not None or self.batch is None:
             return
         with torch.cuda.stream(stream):
-            self._prefetched = [(base, _to_device(b, self.device)) for base, b in self.batches]
+            self._prefetched = self.batch.to(self.device, non_blocking=True)
             self._event = torch.cuda.Event()
             self._event.record(stream)
 
     def decode(self, buffer: torch.Tensor) -> None:
-        batches = self.batches
+        if self.host is not None:
+            errors = self._cuda.emulate(self.host, buffer.numpy())
+            if errors.any():
+                tile = int(np.flatnonzero(errors)[0])
+                raise IntegrityError(
+                    f"tensor {int(self.host.tile_tensor[tile])} of the unit: tile {tile} does not decode (corrupt data)"
+                )
+            return
+        assert self.batch is not None
+        batch = self.batch
         if self.offloaded:
             current = torch.cuda.current_stream(self.device)
             if self._prefetched is not None and self._event is not None:
                 current.wait_event(self._event)
-                batches, self._prefetched, self._event = self._prefetched, None, None
-                for _, b in batches:  # allocated on the copy stream, used on this one
-                    for t in _tensor_fields(b).values():
-                        t.record_stream(current)
+                batch, self._prefetched, self._event = self._prefetched, None, None
+                for t in [*batch.tensors.values(), batch.errors]:  # allocated on the copy stream, used on this one
+                    t.record_stream(current)
             else:
-                batches = [(base, _to_device(b, self.device)) for base, b in self.batches]
-        for base, batch in batches:
-            self._tb.decode_batch(batch, buffer[base : base + batch.nbytes])
+                batch = self.batch.to(self.device, non_blocking=True)
+        self._cuda.decode_batch(batch, buffer)
 
     def check(self) -> None:
         """Raise IntegrityError if the last decode met a corrupt stream (synchronises)."""
-        if not self.offloaded:
-            for _, batch in self.batches:
-                batch.check()
+        if self.batch is not None and not self.offloaded:
+            self.batch.check()
 
 
-def _tensor_fields(batch: Any) -> dict[str, torch.Tensor]:
-    return {
-        f.name: getattr(batch, f.name)
-        for f in dataclasses.fields(batch)
-        if isinstance(getattr(batch, f.name), torch.Tensor)
-    }
+def _as_v2(ct: CompressedTensor) -> CompressedTensor:
+    """A format v2 record of ``ct`` (a v1 record is decoded on the CPU and coded again, once, at load)."""
+    if ct.version == 2:
+        return ct
+    from floatzip.codec.encode import compress_words
 
+    words = np.empty(ct.numel, dtype=np.dtype(f"<u{ct.layout.nbytes}"))
+    from floatzip.decode import decode_words
 
-def _batch_nbytes(batch: Any) -> int:
-    return sum(t.numel() * t.element_size() for t in _tensor_fields(batch).values())
-
-
-def _to_host(batch: Any) -> Any:
-    pin = torch.cuda.is_available()
-    return dataclasses.replace(batch, **{k: t.cpu().pin_memory() if pin else t.cpu()
-                                         for k, t in _tensor_fields(batch).items()})  # fmt: skip
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    return dataclasses.replace(batch, **{k: t.to(device, non_blocking=True) for k, t in _tensor_fields(batch).items()})
+    decode_words(ct, words)
+    return compress_words(words, ct.layout, ct.shape)
 
 
 def _pick_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "cpu"
-    if backend not in ("cpu", "reference", "triton"):
-        raise BackendError(f"unknown decode backend {backend!r}; known: auto, cpu, reference, triton")
-    if backend != "triton" and device.type != "cpu":
+        return "cuda" if device.type == "cuda" else "cpu"
+    if backend not in ("cpu", "reference", "cuda", "emulated"):
+        raise BackendError(f"unknown decode backend {backend!r}; known: auto, cpu, reference, cuda, emulated")
+    if backend == "cuda" and device.type != "cuda":
+        raise BackendError(f"the cuda decode backend decodes into CUDA memory, not {device}")
+    if backend != "cuda" and device.type != "cpu":
         raise BackendError(f"the {backend} decode backend decodes into CPU memory, not {device}")
     return backend
 
@@ -598,8 +569,8 @@ def install(
         decoder: Any = shared.get((dev, chosen, tuple(id(ct) for ct in cts)))
         if decoder is not None:
             pass  # a unit decoding exactly the same tensors (a tied lm_head): share its compressed copy
-        elif chosen == "triton":
-            decoder = _TritonDecoder(cts, dev, offload)
+        elif chosen in ("cuda", "emulated"):
+            decoder = _CudaDecoder(cts, dev, offload, emulated=chosen == "emulated")
         elif offload:
             decoder = _CpuOffloadDecoder(cts, chosen, rt._staging_for(dev))
         else:

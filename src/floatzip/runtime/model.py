@@ -14,13 +14,13 @@ from torch import nn
 from floatzip.decode import decompress_tensor
 from floatzip.errors import FormatError, InputError
 from floatzip.format import spec
+from floatzip.format.blob import CompressedTensor
 from floatzip.format.checkpoint import (
     CheckpointReport,
     compress_checkpoint,
     open_compressed,
     read_compressed_file,
 )
-from floatzip.format.tensor import CompressedTensor
 from floatzip.runtime import blocks
 
 TIED_KEY = "floatzip.tied"
@@ -75,8 +75,7 @@ def compress_model(
     model: nn.Module,
     save_dir: str | Path,
     *,
-    lanes: int = spec.DEFAULT_LANES,
-    steps: int = spec.DEFAULT_STEPS,
+    steps: int | None = None,
 ) -> CheckpointReport:
     """Compress ``model``'s weights into the new directory ``save_dir``.
 
@@ -102,7 +101,7 @@ def compress_model(
             # checkpoint keeps the original header, which must come out the same every time
             meta = {TIED_KEY: json.dumps(aliases, sort_keys=True)} if aliases else {"format": "pt"}
             save_file(tensors, src / STATE_FILE, metadata=meta)
-        return compress_checkpoint(src, save_dir, lanes=lanes, steps=steps)
+        return compress_checkpoint(src, save_dir, steps=steps)
 
 
 def read_compressed_state(

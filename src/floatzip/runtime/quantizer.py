@@ -33,8 +33,8 @@ from floatzip.codec.encode import compress_tensor
 from floatzip.decode import decompress_tensor
 from floatzip.errors import FloatzipError, FormatError, InputError, VersionError
 from floatzip.format import spec
+from floatzip.format.blob import CompressedTensor
 from floatzip.format.safetensors_io import read_header
-from floatzip.format.tensor import CompressedTensor
 from floatzip.runtime import _df11_guard, blocks
 
 DEFAULT_RATIO = 0.7  # bytes of a blob per original byte, when the checkpoint's headers do not tell
@@ -51,7 +51,8 @@ class FloatzipConfig(QuantizationConfigMixin):
         format_version: the checkpoint's floatzip format version.
         offload: keep the compressed weights in host memory (pinned when CUDA exists), copy each block's
             bytes to its device just before decoding it.
-        backend: decode backend, ``"auto"`` (Triton on CUDA, Numba on the CPU), ``"cpu"``, ``"triton"``.
+        backend: decode backend, ``"auto"`` (the CUDA kernel on CUDA, the compiled core on the CPU), ``"cpu"``,
+            ``"cuda"``, or ``"emulated"`` (the CUDA kernel's batch decoded on the CPU by its own code: for tests).
     """
 
     def __init__(
@@ -90,14 +91,15 @@ def _decode_blob(t: torch.Tensor, where: str) -> torch.Tensor:
 
 def _header_guess(t: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype] | None:
     """Shape and dtype named by a blob's fixed header, if they look sane (only used for placeholders)."""
-    head = t[: spec.HEADER_FIXED + 8 * spec.MAX_NDIM].detach().cpu().numpy().tobytes()
-    if len(head) < spec.HEADER_FIXED:
+    head = t[: spec.V2_HEADER_FIXED + 8 * spec.MAX_NDIM].detach().cpu().numpy().tobytes()
+    if len(head) < spec.V2_HEADER_FIXED:
         return None
+    fixed = spec.V2_HEADER_FIXED if head[4] == 2 else spec.V1_HEADER_FIXED
     layout = spec.LAYOUT_BY_CODE.get(head[6])
     ndim = head[7]
-    if layout is None or ndim > spec.MAX_NDIM or len(head) < spec.HEADER_FIXED + 8 * ndim:
+    if layout is None or ndim > spec.MAX_NDIM or len(head) < fixed + 8 * ndim:
         return None
-    shape = struct.unpack_from(f"<{ndim}Q", head, spec.HEADER_FIXED)
+    shape = struct.unpack_from(f"<{ndim}Q", head, fixed)
     if math.prod(shape) > 1 << 34:
         return None
     return tuple(int(s) for s in shape), layout.torch_dtype
@@ -209,7 +211,7 @@ class FloatzipHfQuantizer(HfQuantizer):
     ) -> torch.nn.Module:
         for name, p in model.named_parameters(remove_duplicate=False):
             self.expected[name] = (tuple(p.shape), p.dtype)
-            if p.dtype in spec.LAYOUT_BY_TORCH and p.numel() >= spec.MIN_ENCODED_NUMEL:
+            if spec.layout_for(p.dtype) is not None and p.numel() >= spec.MIN_ENCODED_NUMEL:
                 self.candidates.add(name)
         blob_bytes = original_bytes = 0
         for f in checkpoint_files or []:
@@ -286,7 +288,7 @@ class FloatzipHfQuantizer(HfQuantizer):
             ct = CompressedTensor.from_bytes(p.detach().cpu().numpy(), where)
         elif tuple(p.shape) != shape:
             raise FormatError(f"{where}: holds shape {list(p.shape)}, the model needs {list(shape)}")
-        elif p.dtype in spec.LAYOUT_BY_TORCH:
+        elif spec.layout_for(p.dtype) is not None:
             ct = compress_tensor(p.detach())
             if ct.nbytes >= ct.original_nbytes:
                 return None  # incompressible: keep it plain

@@ -1,0 +1,123 @@
+"""
+floatzip's compiled core: the v2 encoder, the v1 and v2 CPU decoders, the blob parser, CRC-32C.
+"""
+
+from collections.abc import Sequence
+
+class FormatError(ValueError):
+    pass
+
+class IntegrityError(ValueError):
+    pass
+
+LANES: int = 32
+
+PRIMARY_BITS: int = 12
+
+MAX_CODE_LEN: int = 16
+
+MAX_STEPS: int = 8192
+
+CODE_PAD_WORDS: int = 4
+
+RAW_PAD_WORDS: int = 2
+
+def compress(
+    words: object, dtype_code: int, shape: Sequence[int], steps: int, max_code_len: int = 16, threads: int = 0
+) -> bytes:
+    """Encode a tensor's words as a v2 blob."""
+
+def parse(blob: object, check_crc: bool = True) -> dict:
+    """Parse and validate a v2 blob."""
+
+def decode(
+    blob: object, out: object, threads: int = 0, check_blob_crc: bool = False, check_data_crc: bool = True
+) -> None:
+    """Decode a v2 blob into `out` (numel words)."""
+
+def decode_tiles(blob: object, first: int, count: int, out: object, threads: int = 0) -> None:
+    """Decode tiles [first, first + count) of a v2 blob."""
+
+def decode_v1(
+    codes: object,
+    raw: object,
+    tile_words: object,
+    lane_bits: object,
+    lengths: object,
+    numel: int,
+    lanes: int,
+    steps: int,
+    shift: int,
+    sym_bits: int,
+    bits: int,
+    out: object,
+    threads: int = 0,
+) -> None:
+    """Decode v1 streams."""
+
+def crc32c(data: object, crc: int = 0, portable: bool = False) -> int:
+    """CRC-32C of a buffer (chaining like zlib.crc32)."""
+
+def crc32c_hardware() -> bool:
+    """Whether CRC-32C uses the CPU's instruction."""
+
+def code_lengths(counts: Sequence[int], max_len: int = 16) -> bytes:
+    """Optimal code lengths of at most max_len bits."""
+
+def tables(lengths: object, shift: int, bits: int) -> tuple:
+    """
+    Decode tables (primary, long patterns, limits, offsets, max length) for one code.
+    """
+
+def lane_starts(blob: object, tile: int) -> tuple:
+    """Start and end bit of each lane of a tile."""
+
+def default_threads() -> int:
+    """Threads the core uses by default."""
+
+WARPS: int = 4
+
+TILE_DESC_BYTES: int = 48
+
+JOB_DESC_BYTES: int = 16
+
+LONG_CODES_BYTES: int = 216
+
+def longcodes_bytes(lengths: object, shift: int, bits: int) -> bytes:
+    """The long-code table of one code, as the kernel's LongCodes struct."""
+
+def validate_batch(
+    jobs: object,
+    tiles: object,
+    codes: object,
+    raw: object,
+    deltas: object,
+    primaries: object,
+    longcs: object,
+    long_patterns: object,
+    long_at: object,
+    out_bytes: int,
+    bits: int,
+) -> None:
+    """Check every index a decode batch's kernel reads by."""
+
+def decode_batch_host(
+    jobs: object,
+    tiles: object,
+    codes: object,
+    raw: object,
+    deltas: object,
+    primaries: object,
+    longcs: object,
+    long_patterns: object,
+    long_at: object,
+    out: object,
+    errors: object,
+    bits: int,
+    r: int,
+    long_codes: bool,
+    threads: int = 0,
+) -> None:
+    """
+    Decode a batch's arrays on the CPU exactly as the decode kernel does on the GPU.
+    """

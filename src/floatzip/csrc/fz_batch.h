@@ -1,0 +1,83 @@
+// A decode batch: many tensors' tiles, laid out for one launch per kernel specialisation
+// (floatzip.decode.cuda builds it; fz_decode.cu decodes it on the GPU; floatzip._core.decode_batch_host
+// decodes the very same arrays on the CPU, so the tests check the batch's construction bit for bit).
+#pragma once
+
+#include "fz_lane.h"
+
+namespace fz {
+
+constexpr int WARPS = 4;  // tiles (warps) per block
+
+struct TileDesc {  // 48 bytes
+  u64 code_bit;    // first code bit of the tile in the batch's code stream
+  u64 raw_word;    // first raw word of the tile in the batch's raw stream
+  u64 out_byte;    // byte offset of the tile's first element in the output buffer (16-aligned)
+  u64 delta_word;  // first word of the tile's lane deltas
+  u32 lanes;       // lane base length | delta width << 27
+  u32 full_steps;  // steps every lane decodes
+  u32 tail;        // elements after the full steps
+  u32 shift;       // low mantissa bits kept raw
+};
+
+struct JobDesc {   // 16 bytes: one block's work
+  u32 first_tile;  // tiles [first_tile, first_tile + n_tiles), all of one code
+  u32 n_tiles;     // 1..WARPS
+  u32 code;        // index of their code (primary table, long codes)
+  u32 unused;
+};
+
+// The delta of `lane` (width bits, LSB-first, lane after lane, from the tile's first delta word).
+FZ_HD u32 lane_delta(const TileDesc& d, const u32* deltas, u32 lane) {
+  const u32 width = d.lanes >> 27;
+  if (!width) return 0;
+  const u32 bit = lane * width, q = bit >> 5, o = bit & 31;
+  const u64 two = u64(deltas[d.delta_word + q]) | (u64(deltas[d.delta_word + q + (o + width > 32)]) << 32);
+  return u32(two >> o) & ((1u << width) - 1);
+}
+
+// The lane's job, given its delta and the sum of the deltas of the lanes before it.
+FZ_HD LaneJob tile_lane_job(const TileDesc& d, const u32* codes, u64 last_code_word, const u32* raw, u32 lane,
+                            u32 delta, u32 before, u32 group) {
+  const u32 base = d.lanes & ((1u << 27) - 1);
+  LaneJob job;
+  job.codes = codes;
+  job.last_code_word = last_code_word;
+  job.start = d.code_bit + u64(lane) * base + before;
+  job.end = job.start + base + delta;
+  job.raw = raw + d.raw_word + lane;
+  job.raw_stride = 32;
+  const u64 lane_words = (u64(d.full_steps) * group * (d.shift + 1) + 31) / 32;
+  job.tail_raw = raw + d.raw_word + 32 * lane_words;
+  job.full_steps = d.full_steps;
+  const int extra = int(d.tail) - int(group * lane);
+  job.tail_count = extra <= 0 ? 0 : (extra > int(group) ? group : u32(extra));
+  job.tail_first = u64(lane) * group;
+  job.shift = d.shift;
+  return job;
+}
+
+// One lane of a batch tile, for the kernel's specialisation (BITS, R, LONG). Returns whether the lane
+// ended exactly at its end bit.
+template <int BITS, u32 R, bool LONG>
+FZ_HD bool batch_lane(const LaneJob& job, const Code& code, u8* out, const TileDesc& d, u32 lane) {
+  constexpr u32 item = BITS / 8, group = 16 / item;
+  u8* o = out + d.out_byte;
+  u8* lane_out = o + u64(lane) * group * item;
+  u8* tail_out = o + (u64(d.full_steps) * 32 * group + u64(lane) * group) * item;
+  if (job.full_steps == 0 && job.tail_count == 0) return job.start == job.end;
+  if constexpr (BITS == 16 && R != 0) {
+    return lane16_fast<R, LONG>(job, code, reinterpret_cast<u16*>(lane_out), 32 * group,
+                                reinterpret_cast<u16*>(tail_out));
+  } else if constexpr (BITS == 16) {
+    return decode_lane_any<u16, LONG>(job, code, group, reinterpret_cast<u16*>(lane_out), 32 * group,
+                                      reinterpret_cast<u16*>(tail_out));
+  } else if constexpr (BITS == 32) {
+    return decode_lane_any<u32, LONG>(job, code, group, reinterpret_cast<u32*>(lane_out), 32 * group,
+                                      reinterpret_cast<u32*>(tail_out));
+  } else {
+    return decode_lane_any<u8, LONG>(job, code, group, lane_out, 32 * group, tail_out);
+  }
+}
+
+}  // namespace fz

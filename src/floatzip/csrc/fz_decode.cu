@@ -1,0 +1,57 @@
+// floatzip's GPU decoder for format v2 (docs/FORMAT.md §1), compiled at run time by NVRTC.
+//
+// One warp decodes one tile (its 32 lanes are the tile's lanes); a block's warps decode tiles of one code,
+// whose primary table the block first copies into shared memory. The per-lane work is fz_lane.h's and the
+// batch's per-tile setup fz_batch.h's: the same code the CPU decoder and the host emulation of a batch run
+// (and the CPU tests check bit for bit). Only the warp scan of the lanes' deltas and the tile's error vote
+// are written here.
+//
+// Everything read from a batch was checked on the host when the batch was prepared (floatzip.decode.cuda):
+// tile descriptors, lane lengths, table indices. A corrupt stream can still make a lane run long; the
+// batch's code stream is padded by 16 bits per symbol of its longest lane, so such a lane's reads stay in
+// the buffer, and its tile is flagged in `errors`.
+#include "fz_batch.h"
+
+namespace fz {
+
+constexpr u32 FULL = 0xFFFFFFFFu;
+
+// One block per job. `primaries`: 4096 entries per code; `longcs`, `long_patterns` from `long_at`: the
+// long-code tables per code (read only when LONG). R: the raw field width, fixed at compile time for the
+// 16-bit dtypes (R = 0: any width, read one field at a time).
+template <int BITS, u32 R, bool LONG>
+__global__ void __launch_bounds__(WARPS * 32)
+    decode_kernel(const JobDesc* __restrict__ jobs, const TileDesc* __restrict__ tiles,
+                  const u32* __restrict__ codes, u64 last_code_word, const u32* __restrict__ raw,
+                  const u32* __restrict__ deltas, const u32* __restrict__ primaries,
+                  const LongCodes* __restrict__ longcs, const u32* __restrict__ long_patterns,
+                  const u64* __restrict__ long_at, u8* __restrict__ out, u32* __restrict__ errors) {
+  __shared__ __align__(16) u32 table[1 << PRIMARY_BITS];
+  const JobDesc job = jobs[blockIdx.x];
+  const uint4* src = reinterpret_cast<const uint4*>(primaries + (u64(job.code) << PRIMARY_BITS));
+  for (u32 i = threadIdx.x; i < (1u << PRIMARY_BITS) / 4; i += WARPS * 32) {
+    reinterpret_cast<uint4*>(table)[i] = src[i];
+  }
+  __syncthreads();
+  const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (warp >= job.n_tiles) return;
+  const u32 tile = job.first_tile + warp;
+  const TileDesc d = tiles[tile];
+  const u32 delta = lane_delta(d, deltas, lane);
+  u32 before = delta;  // inclusive scan of the deltas over the lanes
+  FZ_UNROLL
+  for (int s = 1; s < 32; s <<= 1) {
+    const u32 v = __shfl_up_sync(FULL, before, s);
+    if (lane >= u32(s)) before += v;
+  }
+  before -= delta;
+  Code code;
+  code.primary = table;
+  code.longc = longcs + job.code;
+  code.long_pattern = long_patterns + long_at[job.code];
+  const LaneJob lj = tile_lane_job(d, codes, last_code_word, raw, lane, delta, before, 16 / (BITS / 8));
+  const bool ok = __all_sync(FULL, batch_lane<BITS, R, LONG>(lj, code, out, d, lane));
+  if (lane == 0) errors[tile] = ok ? 0u : 1u;
+}
+
+}  // namespace fz

@@ -1,0 +1,194 @@
+"""The tensor record: :class:`CompressedTensor` and its byte form, the blob (docs/FORMAT.md §1).
+
+:meth:`CompressedTensor.from_bytes` is the one place a blob from outside is trusted: it checks every size,
+offset, table and lane length once (format v2 in the compiled core, v1 in :mod:`floatzip.format.blob_v1`),
+so that the decoders may index the sections with no further checks than their own bounds.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from floatzip import _core
+from floatzip.errors import FormatError, IntegrityError, VersionError
+from floatzip.format.blob_v1 import V1Sections, parse_v1
+from floatzip.format.spec import BLOB_MAGIC, LAYOUT_BY_CODE, READ_VERSIONS, FloatLayout
+
+if TYPE_CHECKING:
+    import torch
+
+
+def core_error(exc: Exception, name: str | None = None) -> FormatError:
+    """The floatzip error for an error of the compiled core, naming ``name`` when given."""
+    message = f"{name}: {exc}" if name else str(exc)
+    if isinstance(exc, _core.IntegrityError):
+        return IntegrityError(message)
+    return FormatError(message)
+
+
+@dataclass(eq=False)
+class CompressedTensor:
+    """One float tensor in floatzip's coded form: a blob of format v2 (what floatzip writes) or v1 (read only)."""
+
+    layout: FloatLayout
+    shape: tuple[int, ...]
+    version: int
+    data_crc32: int  # of the original bytes: CRC-32C in v2, zlib's CRC-32 in v1
+    _blob: bytes | memoryview  # a view of a staging buffer, for offload
+    _info: dict[str, Any] | None = None  # v2: the core's parse of the header and sections
+    _v1: V1Sections | None = None
+
+    # --- sizes -----------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layout.torch_dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def original_nbytes(self) -> int:
+        return self.numel * self.layout.nbytes
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the blob in bytes."""
+        return len(self._blob)
+
+    @property
+    def ratio(self) -> float:
+        """Compressed size over original size (lower is better); 1.0 for an empty tensor."""
+        return self.nbytes / self.original_nbytes if self.numel else 1.0
+
+    # --- the code ---------------------------------------------------------------------------
+    @property
+    def sym_bits(self) -> int:
+        return int(self.v2["sym_bits"]) if self._v1 is None else self._v1.sym_bits
+
+    @property
+    def shift(self) -> int:
+        """Low mantissa bits stored raw (with the sign) rather than coded."""
+        return int(self.v2["shift"]) if self._v1 is None else self._v1.shift
+
+    @property
+    def raw_bits(self) -> int:
+        return self.shift + 1
+
+    @cached_property
+    def code_lengths(self) -> npt.NDArray[np.uint8]:
+        """Code length of every symbol (0 = unused) of the first (in v1 the only) code table."""
+        if self._v1 is not None:
+            return self._v1.code_lengths
+        nsym = 1 << self.sym_bits
+        return np.frombuffer(self.v2["lengths"], dtype=np.uint8)[:nsym].copy()
+
+    @property
+    def max_code_len(self) -> int:
+        return int(self.v2["max_code_len"]) if self._v1 is None else int(self._v1.code_lengths.max(initial=0))
+
+    # --- the layout (v2) --------------------------------------------------------------------
+    @property
+    def v2(self) -> dict[str, Any]:
+        """The parsed v2 header and section offsets (see ``floatzip._core.parse``)."""
+        if self._info is None:
+            raise FormatError(f"a format v{self.version} record has no v2 layout")
+        return self._info
+
+    @property
+    def v1(self) -> V1Sections:
+        if self._v1 is None:
+            raise FormatError(f"a format v{self.version} record has no v1 sections")
+        return self._v1
+
+    @property
+    def steps(self) -> int:
+        return int(self.v2["steps"]) if self._v1 is None else self._v1.steps
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self.v2["n_tiles"]) if self._v1 is None else self._v1.n_tiles
+
+    @property
+    def tile_elements(self) -> int:
+        """Elements of a full tile (v2: 32 lanes x steps x elements per step)."""
+        return int(self.v2["tile_elems"])
+
+    def section(self, name: str) -> npt.NDArray[np.uint32]:
+        """A v2 stream section as uint32 words: ``codes``, ``raw`` (padding included), ``tile_words``,
+        ``tile_lanes`` or ``deltas``."""
+        info = self.v2
+        counts = {
+            "codes": ("codes_at", int(info["code_words"]) + _core.CODE_PAD_WORDS),
+            "raw": ("raw_at", int(info["raw_words"]) + _core.RAW_PAD_WORDS),
+            "tile_words": ("tile_words_at", int(info["n_tiles"]) + 1),
+            "tile_lanes": ("tile_lanes_at", int(info["n_tiles"])),
+            "deltas": ("deltas_at", int(info["delta_words"])),
+        }
+        at, count = counts[name]
+        return np.frombuffer(self._blob, dtype="<u4", count=count, offset=int(info[at])).astype(np.uint32, copy=False)
+
+    @property
+    def coded_bits_per_weight(self) -> float:
+        """Bits per weight of the coded streams alone (codes + raw), without tables or lane sizes."""
+        n = max(self.numel, 1)
+        if self._v1 is not None:
+            return (int(self._v1.tile_words[-1]) * 32 + self.numel * self.raw_bits) / n
+        return (int(self.v2["code_words"]) * 32 + self.numel * self.raw_bits) / n
+
+    # --- bytes ------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        return self._blob if isinstance(self._blob, bytes) else bytes(self._blob)
+
+    @property
+    def buffer(self) -> bytes | memoryview:
+        """The blob's bytes without a copy (a view when the record lives in a staging buffer)."""
+        return self._blob
+
+    @classmethod
+    def from_bytes(
+        cls, blob: bytes | bytearray | memoryview | npt.NDArray[np.uint8], name: str = "blob", *, check_crc: bool = True
+    ) -> CompressedTensor:
+        """Parse and validate a blob of any version floatzip reads; ``name`` appears in every error message.
+
+        ``check_crc=False`` skips the blob checksum only (for a blob this process just wrote).
+        """
+        data = bytes(blob) if not isinstance(blob, bytes) else blob
+        if len(data) < 8:
+            raise FormatError(f"{name}: truncated floatzip blob ({len(data)} bytes)")
+        if data[:4] != BLOB_MAGIC:
+            raise FormatError(f"{name}: not a floatzip blob (bad magic)")
+        version = struct.unpack_from("<H", data, 4)[0]
+        if version not in READ_VERSIONS:
+            raise VersionError(
+                f"{name}: floatzip format version {version} is not supported by this floatzip "
+                f"(it reads versions {', '.join(map(str, READ_VERSIONS))}); upgrade floatzip"
+            )
+        if version == 1:
+            v1 = parse_v1(data, name)
+            return cls(v1.layout, v1.shape, 1, v1.data_crc32, data, _v1=v1)
+        try:
+            info = _core.parse(data, check_crc)
+        except (_core.FormatError, _core.IntegrityError) as exc:
+            raise core_error(exc, name) from None
+        layout = LAYOUT_BY_CODE[int(info["dtype_code"])]
+        return cls(layout, tuple(int(s) for s in info["shape"]), 2, int(info["data_crc"]), data, _info=info)
+
+    def check_data(self, data: bytes | memoryview | np.ndarray, name: str = "blob") -> None:
+        """Raise IntegrityError unless ``data`` (the decoded bytes) has the stored checksum."""
+        buf = data.data if isinstance(data, np.ndarray) else data
+        if self.version == 1:
+            import zlib
+
+            crc = zlib.crc32(buf) & 0xFFFFFFFF
+        else:
+            crc = _core.crc32c(buf)
+        if crc != self.data_crc32:
+            raise IntegrityError(f"{name}: decodes to the wrong bytes (checksum mismatch)")

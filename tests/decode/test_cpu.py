@@ -1,0 +1,83 @@
+"""The compiled core's own pieces: CRC-32C, code lengths, threads, tile-by-tile decoding, bounds."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import floatzip
+from floatzip import _core
+from floatzip.codec.huffman import code_lengths
+from floatzip.decode import cpu
+from floatzip.decode.reference import crc32c
+
+
+@given(st.binary(max_size=3000), st.integers(0, 2**32 - 1))
+@settings(max_examples=200, deadline=None)
+def test_crc32c_matches_the_bytewise_definition_and_chains(data: bytes, seed: int) -> None:
+    assert _core.crc32c(data) == _core.crc32c(data, portable=True) == crc32c(data)
+    cut = seed % (len(data) + 1)
+    assert _core.crc32c(data[cut:], _core.crc32c(data[:cut])) == crc32c(data)
+
+
+def test_crc32c_known_vector_and_long_unaligned_buffers() -> None:
+    assert _core.crc32c(b"123456789") == 0xE3069283  # the check value of CRC-32C
+    big = np.random.default_rng(0).integers(0, 256, 3 * 8192 * 5 + 77, dtype=np.uint8)
+    for off in (0, 1, 5):
+        assert _core.crc32c(big[off:]) == _core.crc32c(big[off:], portable=True)
+    assert zlib.crc32(b"x") != _core.crc32c(b"x")  # it is not zlib's
+
+
+@given(st.lists(st.integers(0, 10**9), min_size=1, max_size=300), st.sampled_from([12, 16, 24]))
+@settings(max_examples=150, deadline=None)
+def test_code_lengths_are_optimal_and_limited(counts: list[int], limit: int) -> None:
+    used = sum(c > 0 for c in counts)
+    if used > 1 << limit:
+        return
+    ours = np.frombuffer(_core.code_lengths(counts, limit), dtype=np.uint8)
+    ref = code_lengths(np.array(counts), max_len=limit)
+    c = np.array(counts, dtype=np.int64)
+    assert int((c * ours).sum()) == int((c * ref).sum())  # the same (optimal) cost
+    assert int(ours.max(initial=0)) <= limit
+    assert ((ours > 0) == (c > 0)).all()
+    assert sum(2.0 ** -int(lv) for lv in ours if lv) <= 1.0
+
+
+def test_output_does_not_depend_on_the_thread_count() -> None:
+    t = (torch.randn(600_000, generator=torch.Generator().manual_seed(2)) * 0.02).to(torch.bfloat16)
+    blobs = {floatzip.compress_tensor(t, threads=n).to_bytes() for n in (1, 2, 3)}
+    assert len(blobs) == 1
+    ct = floatzip.CompressedTensor.from_bytes(blobs.pop())
+    words = t.view(torch.int16).numpy().view(np.uint16)
+    for n in (1, 2):
+        out = np.zeros_like(words)
+        _core.decode(ct.to_bytes(), out, n)
+        assert np.array_equal(out, words)
+
+
+def test_tiles_decode_on_their_own() -> None:
+    """Random access: any run of tiles decodes without the others (embedding rows, sharding)."""
+    t = (torch.randn(1000, 333, generator=torch.Generator().manual_seed(4)) * 0.02).to(torch.bfloat16)
+    ct = floatzip.compress_tensor(t, steps=16)
+    words = t.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    tile = ct.tile_elements
+    for first, count in [(0, 1), (3, 2), (ct.n_tiles - 1, 1), (0, ct.n_tiles)]:
+        lo, hi = first * tile, min(words.size, (first + count) * tile)
+        out = np.zeros(hi - lo, dtype=np.uint16)
+        cpu.decode_tiles(ct, first, count, out)
+        assert np.array_equal(out, words[lo:hi])
+    with pytest.raises(floatzip.FormatError, match="out of bounds"):
+        cpu.decode_tiles(ct, ct.n_tiles, 1, np.zeros(1, dtype=np.uint16))
+
+
+def test_lane_starts_follow_the_tile_index() -> None:
+    ct = floatzip.compress_tensor((torch.randn(40000) * 0.02).to(torch.bfloat16), steps=16)
+    start, end = _core.lane_starts(ct.to_bytes(), 1)
+    assert start[0] == 32 * int(ct.section("tile_words")[1])
+    assert all(e == s for s, e in zip(start[1:], end[:-1], strict=True))  # lanes follow each other, no gap
+    assert -(-(end[-1] - start[0]) // 32) == int(ct.section("tile_words")[2] - ct.section("tile_words")[1])
