@@ -46,11 +46,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import numba
 import torch
 import transformers
 
 import floatzip
+from floatzip import _core
 from floatzip.bench import DF11_LLAMA_PATTERNS, load_dfloat11
 from floatzip.convert.df11 import convert_df11, df11_sizes, read_df11
 from floatzip.demo import minilm_dir
@@ -250,7 +250,7 @@ def machine_line() -> str:
                 break
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"{date}, nproc {nproc}, {cpu}, numba {numba.__version__} ({numba.get_num_threads()} threads), "
+    return (f"{date}, nproc {nproc}, {cpu}, floatzip core ({_core.default_threads()} threads), "
             f"torch {torch.__version__}, transformers {transformers.__version__}, "
             f"dfloat11 {version('dfloat11')}, floatzip {version('floatzip')}")  # fmt: skip
 

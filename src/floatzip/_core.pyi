@@ -75,6 +75,27 @@ def lane_starts(blob: object, tile: int) -> tuple:
 def default_threads() -> int:
     """Threads the core uses by default."""
 
+def df11_decode(
+    stream: object,
+    n_bits: int,
+    gaps: object,
+    window_bits: int,
+    tpb: int,
+    luts: object,
+    lens: object,
+    link_min: int,
+    positions: object,
+    sign_mantissa: object,
+    out: object,
+    firsts: object,
+    ends: object,
+    bad: object,
+    block_ends: object,
+) -> None:
+    """
+    The decode pass of one DF11 block (every index bounded by the arrays' sizes).
+    """
+
 WARPS: int = 4
 
 TILE_DESC_BYTES: int = 48

@@ -84,3 +84,28 @@ def test_corrupt_lut_is_one_line_and_leaves_nothing(
     assert err.startswith("floatzip: error: ") and str(src / LAYER_FILE) in err and f"'{LAYER}.luts'" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["df11"]  # no output, no scratch files
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # the input is untouched
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("bytes_per_thread", 2**59), ("threads_per_block", [3]), ("bytes_per_thread", 9), ("threads_per_block", 0)],
+)
+@pytest.mark.parametrize("verb", ["convert", "inspect"])
+def test_crafted_layout_is_one_line_never_a_crash(
+    tiny_df11: Df11Fixture, tmp_path: Path, field: str, value: object, verb: str
+) -> None:
+    """Layout fields that once overflowed an index in compiled code (a segfault): now one line, exit 2, nothing
+    left behind. A subprocess, so that a crash shows as one."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "df11"
+    shutil.copytree(tiny_df11.published, src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["dfloat11_config"][field] = value
+    (src / "config.json").write_text(json.dumps(cfg))
+    args = ["convert", str(src), str(tmp_path / "fz")] if verb == "convert" else ["inspect", str(src)]
+    proc = subprocess.run([sys.executable, "-m", "floatzip.cli", *args], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["df11"]

@@ -81,3 +81,42 @@ def test_lane_starts_follow_the_tile_index() -> None:
     assert start[0] == 32 * int(ct.section("tile_words")[1])
     assert all(e == s for s, e in zip(start[1:], end[:-1], strict=True))  # lanes follow each other, no gap
     assert -(-(end[-1] - start[0]) // 32) == int(ct.section("tile_words")[2] - ct.section("tile_words")[1])
+
+
+PATH_SCRIPT = """
+import sys, numpy as np, torch, floatzip
+from floatzip.decode import cuda
+g = torch.Generator().manual_seed(7)
+cases = [(torch.randn(300_000, generator=g) * 0.02).to(torch.bfloat16),        # several full tiles, raw width 6
+         (torch.randn(200_000, generator=g) * 0.1).to(torch.float16),
+         (torch.randn(70_001, generator=g) * 0.02).to(torch.bfloat16)]         # a partial last tile
+# raw width 4 (k = 4): the top four mantissa bits skewed, as in trained weights
+exp = 120 + torch.clamp((torch.randn(250_000, generator=g) * 2).round(), -8, 6).to(torch.int32)
+top = torch.clamp(torch.distributions.Geometric(0.5).sample((250_000,)), max=15).to(torch.int32)
+low = torch.randint(0, 8, (250_000,), generator=g, dtype=torch.int32)
+sign = torch.randint(0, 2, (250_000,), generator=g, dtype=torch.int32)
+skewed = ((sign << 15) | (exp << 7) | (top << 3) | low).to(torch.int16).view(torch.bfloat16)
+assert floatzip.compress_tensor(skewed).raw_bits == 4
+cases.append(skewed)
+exps = torch.clamp(torch.distributions.Geometric(0.3).sample((120_000,)), max=40).to(torch.int32)
+cases.append(((100 + exps) << 7 | torch.randint(0, 128, (120_000,), generator=g, dtype=torch.int32))
+             .to(torch.int16).view(torch.bfloat16))                             # long codes
+for t in cases:
+    for mcl in (16, 12):
+        ct = floatzip.compress_tensor(t, max_code_len=mcl)
+        out = floatzip.decompress_tensor(ct)
+        assert torch.equal(out.view(torch.int16), t.view(torch.int16)), (t.dtype, mcl, ct.raw_bits)
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("path", ["lane", "portable", "auto"])
+def test_every_cpu_decode_path_is_bit_exact(path: str) -> None:
+    """The 16-bit tile decoders the core picks between (FLOATZIP_CPU_PATH is read once per process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FLOATZIP_CPU_PATH": path}
+    proc = subprocess.run([sys.executable, "-c", PATH_SCRIPT], capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stdout + proc.stderr[-2000:]

@@ -15,9 +15,27 @@ from floatzip.errors import IntegrityError
 HAS_GPU = torch.cuda.is_available()
 
 
+def skewed_bf16(n: int, g: torch.Generator) -> torch.Tensor:
+    """BF16 whose top four mantissa bits are skewed (as in trained weights): the encoder picks raw width 4."""
+    exp = 120 + torch.clamp((torch.randn(n, generator=g) * 2).round(), -8, 6).to(torch.int32)
+    top = torch.clamp(torch.empty(n).geometric_(0.5, generator=g), max=15).to(torch.int32)
+    low = torch.randint(0, 8, (n,), generator=g, dtype=torch.int32)
+    sign = torch.randint(0, 2, (n,), generator=g, dtype=torch.int32)
+    return ((sign << 15) | (exp << 7) | (top << 3) | low).to(torch.int16).view(torch.bfloat16)
+
+
+def long_code_bf16(n: int, g: torch.Generator) -> torch.Tensor:
+    """BF16 with a geometric exponent: codes up to the 16-bit cap (the kernel's out-of-line path)."""
+    exps = torch.clamp(torch.empty(n).geometric_(0.3, generator=g), max=40).to(torch.int32)
+    mant = torch.randint(0, 128, (n,), generator=g, dtype=torch.int32)
+    return ((100 + exps) << 7 | mant).to(torch.int16).view(torch.bfloat16)
+
+
 def mixed_tensors(seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [
+        skewed_bf16(100_000, g),  # raw width 4: the kernel's main specialisation
+        long_code_bf16(90_000, g),
         (torch.randn(300, 500, generator=g) * 0.02).to(torch.bfloat16),  # several tiles, a partial last one
         (torch.randn(77, 33, generator=g)).to(torch.float16),
         torch.randn(1000, 7, generator=g),
@@ -37,6 +55,8 @@ def test_emulated_batch_of_every_dtype_is_bit_exact() -> None:
     cts = [floatzip.compress_tensor(t) for t in ts]
     hb = cuda.host_batch(cts)
     assert {launch.bits for launch in hb.launches} == {8, 16, 32}
+    assert (16, 4, True) in {(launch.bits, launch.raw_bits, launch.long_codes) for launch in hb.launches}
+    assert cts[1].max_code_len == 16
     assert all(off % cuda.OUT_ALIGN == 0 for off in hb.offsets)
     out = np.full(hb.nbytes, 0xA5, dtype=np.uint8)  # poisoned: every element must be written
     assert not cuda.emulate(hb, out).any()

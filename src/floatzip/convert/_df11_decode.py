@@ -18,11 +18,12 @@ one module or of a list of its sub-modules):
   windows, the index of its first weight, then the total number of weights.
 * ``split_positions`` (int64): where the concatenated weights split into the sub-modules' weights.
 
-Decoding here: one pass (Numba, parallel over decode blocks), each decode block writing from its
-``output_positions`` entry, as DF11's own kernel does. Nothing is trusted, and nothing is returned
-until all of it is checked: the tables before use; every window must end exactly where the next one's
-gap says its first code starts; each decode block must end where ``output_positions`` starts the next,
-the first at 0 and the last at the number of weights; and a code that leads nowhere is an error.
+Decoding here: one pass (the compiled core, parallel over decode blocks, every index bounded),
+each decode block writing from its ``output_positions`` entry, as DF11's own kernel does. Nothing is
+trusted, and nothing is returned until all of it is checked: the tables before use; every window must
+end exactly where the next one's gap says its first code starts; each decode block must end where
+``output_positions`` starts the next, the first at 0 and the last at the number of weights; and a code
+that leads nowhere is an error.
 A failure raises FormatError (malformed tables or sizes) or IntegrityError (a stream that does not
 decode consistently), naming the file and the tensor.
 """
@@ -31,80 +32,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba as nb
 import numpy as np
 import numpy.typing as npt
 
+from floatzip import _core
 from floatzip.errors import FormatError, IntegrityError
-
-_jit = nb.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
-_pjit = nb.njit(parallel=True, nogil=True, cache=True, boundscheck=False, error_model="numpy")
 
 MAX_CODE_BITS = 32  # DF11 limits its codes to 32 bits, so a code spans at most 4 table levels
 GAP_BITS = 5
 _PAD_BYTES = 8  # zero bytes after the stream, so a 5-byte read at any bit inside it stays in bounds
 # after the last weight only the rest of the last byte is left: at most 7 more (meaningless) codes start there
 _MAX_TAIL_CODES = 7
-
-
-@_jit
-def _decode_at(stream, pos, luts, lens, link_min):  # pragma: no cover - compiled
-    """(exponent, code length) of the code starting at bit ``pos``, or (-1, 0) if there is none."""
-    b = pos >> 3
-    v = (
-        (np.int64(stream[b]) << 32)
-        | (np.int64(stream[b + 1]) << 24)
-        | (np.int64(stream[b + 2]) << 16)
-        | (np.int64(stream[b + 3]) << 8)
-        | np.int64(stream[b + 4])
-    )
-    v = (v >> (8 - (pos & 7))) & 0xFFFFFFFF  # the 32 bits from ``pos`` on
-    table = 0
-    for level in range(4):
-        e = np.int64(luts[table, (v >> (24 - 8 * level)) & 0xFF])
-        if e >= link_min:
-            nxt = 256 - e
-            if nxt <= table:  # links only lead to later tables; anything else would loop
-                return -1, 0
-            table = nxt
-            continue
-        length = np.int64(lens[e])
-        if length == 0 or (length - 1) >> 3 != level:  # unused value, or a code that ends in another byte
-            return -1, 0
-        return e, length
-    return -1, 0
-
-
-@_pjit
-def _decode(stream, n_bits, gaps, window_bits, tpb, luts, lens, link_min, positions, sign_mantissa,
-            out, firsts, ends, bad, block_ends):  # fmt: skip  # pragma: no cover - compiled
-    """One pass, parallel over decode blocks (runs of ``tpb`` windows). A decode block writes from its
-    ``positions`` entry on and decodes its windows in order. Per window: the weight index of its first
-    code (``firsts``), the bit where its last code ends (``ends``), the weight with no valid code (``bad``,
-    -1 if none); per decode block: the weight index after its last code (``block_ends``). Nothing here
-    decides whether the block is sound: the caller checks all of it before it uses ``out``."""
-    n = out.size
-    n_windows = gaps.size
-    for b in nb.prange(positions.size - 1):
-        i = positions[b]
-        for w in range(b * tpb, min((b + 1) * tpb, n_windows)):
-            base = np.int64(w) * window_bits
-            pos = base + gaps[w]
-            stop = min(base + window_bits, n_bits)
-            firsts[w] = i
-            bad[w] = -1
-            while pos < stop:
-                sym, length = _decode_at(stream, pos, luts, lens, link_min)
-                if sym < 0:
-                    bad[w] = i  # past the last weight this is the stream's padding, and harmless
-                    break
-                if i < n:
-                    sm = np.int64(sign_mantissa[i])
-                    out[i] = np.uint16(((sm & 0x80) << 8) | (sym << 7) | (sm & 0x7F))
-                pos += length
-                i += 1
-            ends[w] = pos
-        block_ends[b] = i
+MAX_BYTES_PER_THREAD = 1 << 21  # DF11 writes 8; anything near this is a crafted file
+MAX_THREADS_PER_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -200,7 +140,7 @@ def decode_block(
     def where(part: str) -> str:
         return f"{file}: tensor {prefix + '.' + part!r}"
 
-    if bytes_per_thread < 4 or threads_per_block < 1:
+    if not (4 <= bytes_per_thread <= MAX_BYTES_PER_THREAD and 1 <= threads_per_block <= MAX_THREADS_PER_BLOCK):
         raise FormatError(f"{file}: unsupported DF11 layout (bytes_per_thread={bytes_per_thread}, "
                           f"threads_per_block={threads_per_block})")  # fmt: skip
     lens, link_min = check_luts(block.luts, where("luts"))
@@ -236,8 +176,11 @@ def decode_block(
     ends = np.empty(n_windows, dtype=np.int64)
     bad = np.empty(n_windows, dtype=np.int64)
     block_ends = np.empty(n_blocks, dtype=np.int64)
-    _decode(stream, n_bits, gaps, window_bits, threads_per_block, luts, lens, link_min, positions,
-            block.sign_mantissa, out, firsts, ends, bad, block_ends)  # fmt: skip
+    try:
+        _core.df11_decode(stream, n_bits, gaps, window_bits, threads_per_block, luts[:-1], lens, link_min, positions,
+                          np.ascontiguousarray(block.sign_mantissa), out, firsts, ends, bad, block_ends)  # fmt: skip
+    except _core.FormatError as exc:
+        raise FormatError(f"{where('encoded_exponent')}: {exc}") from None
     wrong = np.flatnonzero((bad >= 0) & (bad < n))
     if wrong.size:
         w = int(wrong[0])

@@ -188,6 +188,9 @@ def _df11_config(doc: Mapping[str, Any], where: Path) -> Df11Config:
         or not all(isinstance(v, list) and all(isinstance(a, str) for a in v) for v in patterns.values())
     ):
         raise FormatError(f"{where}: malformed {CONFIG_KEY} (threads_per_block, bytes_per_thread, pattern_dict)")
+    if isinstance(tpb, bool) or isinstance(bpt, bool) or not (1 <= tpb <= 1 << 20) or not (4 <= bpt <= 1 << 21):
+        raise FormatError(f"{where}: unsupported {CONFIG_KEY} layout (threads_per_block={tpb}, bytes_per_thread={bpt}; "
+                          "DFloat11 writes 512 and 8)")  # fmt: skip
     return Df11Config(version, tpb, bpt, {str(k): list(v) for k, v in patterns.items()})
 
 

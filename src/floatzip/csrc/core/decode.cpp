@@ -1,10 +1,13 @@
 #include "core/decode.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
 #include "core/crc32c.h"
+#include "core/decode_avx512.h"
 #include "core/pool.h"
 
 namespace fz {
@@ -46,6 +49,19 @@ bool lane16(const LaneJob& job, const Code& code, bool long_codes, u32 r, W* out
   u16* o = reinterpret_cast<u16*>(out);
   u16* t = reinterpret_cast<u16*>(tail);
   return long_codes ? lane16_r<true>(job, code, r, o, stride, t) : lane16_r<false>(job, code, r, o, stride, t);
+}
+
+// FLOATZIP_CPU_PATH picks the 16-bit tile decoder: "lane" (the GPU kernel's per-lane code, lane after lane),
+// "portable" (four lanes at a time, words assembled in plain C++), or anything else / unset: the same with
+// the words assembled with AVX-512 where the CPU has it. The tests run all three.
+int cpu_path() {
+  static const int path = [] {
+    const char* env = std::getenv("FLOATZIP_CPU_PATH");
+    if (env && std::strcmp(env, "lane") == 0) return 0;
+    if (env && std::strcmp(env, "portable") == 0) return 1;
+    return 2;
+  }();
+  return path;
 }
 
 // The host twin of the kernel's per-tile work: the lanes' start bits from the tile index (the kernel
@@ -110,6 +126,42 @@ bool decode_tile(const uint8_t* blob, const BlobInfo& b, const View& v, const st
   return ok;
 }
 
+// The vector path's view of tile t, when it applies: a full 16-bit tile whose lanes lie clear of the
+// stream's end (so that no read needs a padded copy), with a raw width the vector code is built for.
+struct FastTile {
+  Tile16 t;
+  u64 start[LANES], end[LANES];
+  std::vector<u32> padded;  // the tile's codes with padding, when the stream's own padding is too short
+  bool ok;
+};
+
+void fast_tile(const uint8_t* blob, const BlobInfo& b, const View& v, const std::vector<Tables>& tables,
+               const std::vector<uint64_t>& delta_at, uint32_t t, u16* out, FastTile& f) {
+  f.ok = false;
+  if (b.layout->itemsize() != 2 || b.raw_bits < 4 || b.raw_bits > 11 || cpu_path() == 0 || !fast_path_available()) return;
+  // a tile of full steps only (the last tile too, when it has no tail), in blocks of four
+  const u64 m = b.tile_elements(t), steps = m / (u64(LANES) * b.group);
+  if (m != steps * LANES * b.group || steps % 4) return;
+  lane_starts(blob, b, t, delta_at[t], f.start, f.end);
+  // a lane may read 16 bits per symbol past its start: a tile near the stream's end reads a padded copy
+  const u64 reach = (f.start[LANES - 1] >> 5) + ((16 * steps * b.group + 31) >> 5) + 4;
+  const u64 avail = b.code_words + CODE_PAD_WORDS;
+  const u32* codes = v.codes;
+  if (reach > avail) {
+    const u64 first = f.start[0] >> 5;
+    f.padded.assign(reach - first, 0);
+    std::memcpy(f.padded.data(), v.codes + first, 4 * (avail - first));
+    for (int c = 0; c < LANES; ++c) {
+      f.start[c] -= 32 * first;
+      f.end[c] -= 32 * first;
+    }
+    codes = f.padded.data();
+  }
+  f.t = Tile16{codes, f.start, f.end, v.raw + b.tile_raw_offset(t), steps, nullptr, out, cpu_path() == 2};
+  f.ok = true;
+  (void)tables;
+}
+
 template <typename F>
 void by_width(int itemsize, F&& f) {
   if (itemsize == 1)
@@ -137,11 +189,38 @@ void run_tiles(const uint8_t* blob, const BlobInfo& b, uint32_t first, uint32_t 
   by_width(b.layout->itemsize(), [&](auto z) {
     using W = decltype(z);
     W* o = static_cast<W*>(out);
-    parallel_for(count, threads, [&](size_t i) {
-      uint32_t t = first + uint32_t(i);
-      if (!decode_tile(blob, b, v, tables, delta_at, t, o + u64(i) * b.tile_elems)) {
-        int64_t expected = -1;
-        bad_tile.compare_exchange_strong(expected, int64_t(t));
+    auto fail = [&](uint32_t t) {
+      int64_t expected = -1;
+      bad_tile.compare_exchange_strong(expected, int64_t(t));
+    };
+    // two tiles per work item: the vector path decodes a pair together (four independent groups of lanes)
+    parallel_for((count + 1) / 2, threads, [&](size_t item) {
+      const uint32_t t0 = first + uint32_t(2 * item);
+      const uint32_t n = std::min<uint32_t>(2, first + count - t0);
+      FastTile f[2];
+      const uint8_t* table_ids = b.n_tables > 1 ? blob + b.tile_table_at : nullptr;
+      bool fast = true;
+      for (uint32_t k = 0; k < n; ++k) {
+        fast_tile(blob, b, v, tables, delta_at, t0 + k, reinterpret_cast<u16*>(o + u64(t0 + k - first) * b.tile_elems), f[k]);
+        fast &= f[k].ok && (table_ids == nullptr || table_ids[t0 + k] == table_ids[t0]);
+      }
+      if (fast) {
+        const Tables& tb = tables[table_ids ? table_ids[t0] : 0];
+        const Code code{tb.primary.data(), &tb.longc, tb.long_pattern.data()};
+        Tile16 t16[2];
+        for (uint32_t k = 0; k < n; ++k) {
+          t16[k] = f[k].t;
+          t16[k].start = f[k].start;
+          t16[k].end = f[k].end;
+          t16[k].code = &code;
+        }
+        bool ok = true;
+        for (uint32_t k = 0; k < n; ++k) ok &= decode_tile16_fast(t16[k], b.max_code_len > PRIMARY_BITS, b.raw_bits);
+        if (ok) return;
+        // a pair that does not decode: each tile again on its own, to name the bad one
+      }
+      for (uint32_t k = 0; k < n; ++k) {
+        if (!decode_tile(blob, b, v, tables, delta_at, t0 + k, o + u64(t0 + k - first) * b.tile_elems)) fail(t0 + k);
       }
     });
   });

@@ -12,23 +12,38 @@ namespace fz {
 namespace {
 
 constexpr uint64_t HIST_SLICE = 1 << 18;  // fewest elements worth a thread of the histogram
+constexpr uint64_t WORD_TABLE_MIN = 1 << 17;  // a 16-bit tensor this large is coded through a 64K-entry table
 
+// Counts of (w >> shift) & mask over [lo, hi), added to h (nb bins). Slices of at most 2^32 - 1 elements:
+// the counters are 32-bit. Large slices use four sub-histograms, so that runs of one symbol do not
+// serialise on one counter; small ones one (zeroing four would cost more than it saves).
 template <typename W>
 void hist_slice(const W* w, uint64_t lo, uint64_t hi, uint32_t shift, uint32_t mask, uint64_t* h) {
-  // four sub-histograms, so that runs of one symbol do not serialise on one counter
   const size_t nb = size_t(mask) + 1;
-  uint64_t* h0 = h;
-  uint64_t* h1 = h + nb;
-  uint64_t* h2 = h + 2 * nb;
-  uint64_t* h3 = h + 3 * nb;
-  uint64_t i = lo;
-  for (; i + 4 <= hi; i += 4) {
-    h0[(w[i] >> shift) & mask]++;
-    h1[(w[i + 1] >> shift) & mask]++;
-    h2[(w[i + 2] >> shift) & mask]++;
-    h3[(w[i + 3] >> shift) & mask]++;
+  constexpr uint64_t CHUNK = uint64_t(1) << 31;
+  for (uint64_t a = lo; a < hi; a += CHUNK) {
+    const uint64_t b = std::min(hi, a + CHUNK);
+    if (b - a < (uint64_t(1) << 16)) {
+      std::vector<uint32_t> c(nb, 0);
+      for (uint64_t i = a; i < b; ++i) c[(w[i] >> shift) & mask]++;
+      for (size_t s = 0; s < nb; ++s) h[s] += c[s];
+      continue;
+    }
+    std::vector<uint32_t> c(4 * nb, 0);
+    uint32_t* c0 = c.data();
+    uint32_t* c1 = c0 + nb;
+    uint32_t* c2 = c1 + nb;
+    uint32_t* c3 = c2 + nb;
+    uint64_t i = a;
+    for (; i + 4 <= b; i += 4) {
+      c0[(w[i] >> shift) & mask]++;
+      c1[(w[i + 1] >> shift) & mask]++;
+      c2[(w[i + 2] >> shift) & mask]++;
+      c3[(w[i + 3] >> shift) & mask]++;
+    }
+    for (; i < b; ++i) c0[(w[i] >> shift) & mask]++;
+    for (size_t s = 0; s < nb; ++s) h[s] += uint64_t(c0[s]) + c1[s] + c2[s] + c3[s];
   }
-  for (; i < hi; ++i) h0[(w[i] >> shift) & mask]++;
 }
 
 template <typename W>
@@ -39,17 +54,17 @@ void histogram_t(const W* w, uint64_t n, const DtypeLayout& L, int threads, std:
   const size_t nb = size_t(1) << sym_bits;
   const uint32_t mask = uint32_t(nb - 1);
   uint64_t parts = std::max<uint64_t>(1, std::min<uint64_t>(uint64_t(threads), n / HIST_SLICE));
-  std::vector<uint64_t> partial(parts * 4 * nb, 0);
+  std::vector<uint64_t> partial(parts * nb, 0);
   std::vector<uint32_t> crcs(parts);
   std::vector<uint64_t> lo(parts + 1);
   for (uint64_t i = 0; i <= parts; ++i) lo[i] = n * i / parts;
   parallel_for(parts, threads, [&](size_t p) {
-    hist_slice(w, lo[p], lo[p + 1], shift, mask, &partial[p * 4 * nb]);
+    hist_slice(w, lo[p], lo[p + 1], shift, mask, &partial[p * nb]);
     crcs[p] = crc32c(0, reinterpret_cast<const uint8_t*>(w + lo[p]), (lo[p + 1] - lo[p]) * sizeof(W));
   });
-  hist.assign(nb, 0);
-  for (uint64_t p = 0; p < parts; ++p)
-    for (size_t s = 0; s < 4 * nb; ++s) hist[s & mask] += partial[p * 4 * nb + s];
+  hist.assign(partial.begin(), partial.begin() + nb);
+  for (uint64_t p = 1; p < parts; ++p)
+    for (size_t s = 0; s < nb; ++s) hist[s] += partial[p * nb + s];
   crc = crcs[0];
   for (uint64_t p = 1; p < parts; ++p) crc = crc32c_combine(crc, crcs[p], (lo[p + 1] - lo[p]) * sizeof(W));
 }
@@ -60,104 +75,142 @@ inline uint64_t lane_symbols(uint64_t full, uint64_t tail, uint32_t group, int c
   return full * group + (extra <= 0 ? 0 : std::min<uint64_t>(uint64_t(extra), group));
 }
 
-template <typename W>
-void lane_lengths_t(const W* w, const Plan& plan, uint32_t t, uint32_t* bits) {
-  const BlobInfo& b = plan.info;
-  const uint32_t shift = b.shift, mask = (1u << b.sym_bits) - 1, group = b.group;
-  const uint8_t* len = plan.lengths.data();
-  const uint64_t base = uint64_t(t) * b.tile_elems, m = b.tile_elements(t);
-  const W* x = w + base;
-  uint32_t acc[LANES] = {0};
-  uint64_t groups = m / group;
-  for (uint64_t g = 0; g < groups; ++g) {
-    uint32_t s = 0;
-    const W* y = x + g * group;
-    for (uint32_t v = 0; v < group; ++v) s += len[(y[v] >> shift) & mask];
-    acc[g % LANES] += s;
-  }
-  for (uint64_t i = groups * group; i < m; ++i) acc[(i / group) % LANES] += len[(x[i] >> shift) & mask];
-  std::memcpy(bits, acc, sizeof(acc));
-}
-
-// MSB-first bit writer into 32-bit words.
+// MSB-first bit writer into 32-bit words. Branch-free: the current word is stored on every put and the
+// pointer moves only when it is complete (a partial word is rewritten until it is).
 struct BitWriter {
-  uint32_t* out;
   uint64_t acc = 0;
-  uint32_t n = 0;  // bits in acc not yet written
-  explicit BitWriter(uint32_t* o) : out(o) {}
+  uint32_t n = 0;  // bits in acc not yet complete
+  uint32_t* out = nullptr;
   inline void put(uint32_t code, uint32_t len) {  // len <= 32, n < 32 on entry
     acc = (acc << len) | code;
     n += len;
-    if (n >= 32) {
-      n -= 32;
-      *out++ = uint32_t(acc >> n);
-    }
-  }
-  inline void flush() {
-    if (n) *out++ = uint32_t(acc << (32 - n));
-    n = 0;
+    const uint32_t full = n >> 5;
+    n -= full << 5;
+    *out = uint32_t(acc >> n);
+    out += full;
   }
 };
 
+// A tile's codes, each lane into its own scratch while the tile is walked in memory order (each step's
+// groups belong to lanes 0..31 in turn), then the 32 strings concatenated into the tile's words; the raw
+// fields go straight to their place. Returns the tile's words; lane_bits gets each lane's length.
 template <typename W>
-void write_tile_t(const W* w, const Plan& plan, uint32_t t, uint32_t* codes, uint32_t* raw) {
+void encode_tile_t(const W* w, const Plan& plan, uint32_t t, uint32_t* lane_bits, std::vector<uint32_t>& out,
+                   uint32_t* raw) {
   const BlobInfo& b = plan.info;
   const uint32_t shift = b.shift, mask = (1u << b.sym_bits) - 1, group = b.group, r = b.raw_bits;
-  const uint32_t sign_shift = uint32_t(sizeof(W) * 8 - 1);
-  const uint32_t low_mask = (1u << shift) - 1;
+  const uint32_t sign_shift = uint32_t(sizeof(W) * 8 - 1), low_mask = (1u << shift) - 1;
   const uint32_t* enc = plan.enc.data();
-  const uint64_t base = uint64_t(t) * b.tile_elems, m = b.tile_elements(t);
+  const uint64_t m = b.tile_elements(t);
   const uint64_t full = m / (uint64_t(LANES) * group), tail = m - full * LANES * group;
-  const W* x = w + base;
-  // codes: the lanes' strings one after another, from the tile's first word
-  BitWriter bw(codes + plan.tile_words[t]);
-  for (int c = 0; c < LANES; ++c) {
-    for (uint64_t j = 0; j < full; ++j) {
-      const W* y = x + (j * LANES + uint64_t(c)) * group;
-      for (uint32_t v = 0; v + 1 < group; v += 2) {
-        uint32_t e1 = enc[(y[v] >> shift) & mask], e2 = enc[(y[v + 1] >> shift) & mask];
-        uint32_t l2 = e2 & 31;
-        bw.put(((e1 >> 5) << l2) | (e2 >> 5), (e1 & 31) + l2);
+  const W* x = w + uint64_t(t) * b.tile_elems;
+  // each lane's scratch holds at most 16 bits per symbol, plus a word for the branch-free store
+  const uint64_t lane_cap = (16 * (full + 1) * group + 31) / 32 + 2;
+  thread_local std::vector<uint32_t> scratch;
+  if (scratch.size() < LANES * lane_cap) scratch.resize(LANES * lane_cap);
+  BitWriter bw[LANES];
+  for (int c = 0; c < LANES; ++c) bw[c].out = scratch.data() + c * lane_cap;
+  // raw fields: lane c's word i at raw + 32 i + c (16-bit dtypes with 4-bit fields: one word per group,
+  // in memory order, because a group is 8 fields)
+  uint32_t* rt = raw + b.tile_raw_offset(t);
+  const bool raw_by_group = sizeof(W) == 2 && r == 4;
+  uint64_t racc[LANES] = {0};
+  uint32_t rhave[LANES] = {0};
+  uint32_t* rout[LANES];
+  for (int c = 0; c < LANES; ++c) rout[c] = rt + c;
+  auto field = [&](W word) -> uint32_t { return (uint32_t(word >> sign_shift) << shift) | (uint32_t(word) & low_mask); };
+  const uint64_t groups = full * LANES;
+  if constexpr (sizeof(W) == 2) {
+    if (!plan.word_table.empty()) {
+      // one lookup per element: (code << 16) | (length << 11) | raw field (docs in Plan::word_table)
+      const uint32_t* wt = plan.word_table.data();
+      for (uint64_t g = 0; g < groups; ++g) {
+        const W* y = x + g * group;
+        const uint32_t c = uint32_t(g % LANES);
+        BitWriter wr = bw[c];
+        uint32_t f[8];
+        for (uint32_t v = 0; v < 8; v += 2) {
+          const uint32_t e1 = wt[y[v]], e2 = wt[y[v + 1]];
+          const uint32_t l1 = (e1 >> 11) & 31, l2 = (e2 >> 11) & 31;
+          wr.put(((e1 >> 16) << l2) | (e2 >> 16), l1 + l2);
+          f[v] = e1 & 0x7FF;
+          f[v + 1] = e2 & 0x7FF;
+        }
+        bw[c] = wr;
+        if (raw_by_group) {
+          rt[g] = f[0] | f[1] << 4 | f[2] << 8 | f[3] << 12 | f[4] << 16 | f[5] << 20 | f[6] << 24 | f[7] << 28;
+        } else {
+          uint64_t acc = racc[c];
+          uint32_t have = rhave[c];
+          uint32_t* o = rout[c];
+          for (uint32_t v = 0; v < 8; ++v) {
+            acc |= uint64_t(f[v]) << have;
+            have += r;
+            const uint32_t done = have >> 5;
+            *o = uint32_t(acc);
+            o += done * LANES;
+            acc >>= done * 32;
+            have -= done * 32;
+          }
+          racc[c] = acc;
+          rhave[c] = have;
+          rout[c] = o;
+        }
       }
-    }
-    uint64_t extra = lane_symbols(0, tail, group, c);
-    const W* y = x + (full * LANES + uint64_t(c)) * group;
-    for (uint64_t v = 0; v < extra; ++v) {
-      uint32_t e = enc[(y[v] >> shift) & mask];
-      bw.put(e >> 5, e & 31);
+      goto tail_part;
     }
   }
-  bw.flush();
-  // raw: each lane's fields, LSB-first, its words 32 apart; then the tail's fields in element order
-  uint32_t* rt = raw + b.tile_raw_offset(t);
-  const uint64_t lane_words = (full * group * r + 31) / 32;
-  auto field = [&](W word) -> uint32_t {
-    return (uint32_t(word >> sign_shift) << shift) | (uint32_t(word) & low_mask);
-  };
-  for (int c = 0; c < LANES; ++c) {
-    uint32_t* o = rt + c;
-    uint64_t acc = 0;
-    uint32_t have = 0;
-    for (uint64_t j = 0; j < full; ++j) {
-      const W* y = x + (j * LANES + uint64_t(c)) * group;
+  for (uint64_t g = 0; g < groups; ++g) {
+    const W* y = x + g * group;
+    const uint32_t c = uint32_t(g % LANES);
+    BitWriter wr = bw[c];
+    for (uint32_t v = 0; v < group; v += 2) {
+      const uint32_t e1 = enc[(y[v] >> shift) & mask], e2 = enc[(y[v + 1] >> shift) & mask];
+      const uint32_t l2 = e2 & 31;
+      wr.put(((e1 >> 5) << l2) | (e2 >> 5), (e1 & 31) + l2);
+    }
+    bw[c] = wr;
+    if (raw_by_group) {
+      uint32_t word = 0;
+      for (uint32_t v = 0; v < 8; ++v) word |= field(y[v]) << (4 * v);
+      rt[g] = word;
+    } else {
+      uint64_t acc = racc[c];
+      uint32_t have = rhave[c];
+      uint32_t* o = rout[c];
       for (uint32_t v = 0; v < group; ++v) {
         acc |= uint64_t(field(y[v])) << have;
         have += r;
-        if (have >= 32) {
-          *o = uint32_t(acc);
-          o += LANES;
-          acc >>= 32;
-          have -= 32;
-        }
+        const uint32_t done = have >> 5;
+        *o = uint32_t(acc);
+        o += done * LANES;
+        acc >>= done * 32;
+        have -= done * 32;
+      }
+      racc[c] = acc;
+      rhave[c] = have;
+      rout[c] = o;
+    }
+  }
+tail_part:
+  if (!raw_by_group) {
+    for (int c = 0; c < LANES; ++c)
+      if (rhave[c]) *rout[c] = uint32_t(racc[c]);
+  }
+  // the tail: lane c's extra symbols after its full steps; their raw fields in element order
+  if (tail) {
+    for (int c = 0; c < LANES; ++c) {
+      const uint64_t extra = lane_symbols(0, tail, group, c);
+      const W* y = x + (groups + uint64_t(c)) * group;
+      for (uint64_t v = 0; v < extra; ++v) {
+        const uint32_t e = enc[(y[v] >> shift) & mask];
+        bw[c].put(e >> 5, e & 31);
       }
     }
-    if (have) *o = uint32_t(acc);
-  }
-  if (tail) {
-    uint32_t* o = rt + LANES * lane_words;
+    uint32_t* o = rt + LANES * ((full * group * r + 31) / 32);
     uint64_t acc = 0;
     uint32_t have = 0;
-    for (uint64_t i = full * LANES * group; i < m; ++i) {
+    for (uint64_t i = groups * group; i < m; ++i) {
       acc |= uint64_t(field(x[i])) << have;
       have += r;
       if (have >= 32) {
@@ -168,6 +221,35 @@ void write_tile_t(const W* w, const Plan& plan, uint32_t t, uint32_t* codes, uin
     }
     if (have) *o = uint32_t(acc);
   }
+  // concatenate the lanes' strings, no gap, into the tile's words (zero-padded to a word)
+  uint64_t total = 0;
+  for (int c = 0; c < LANES; ++c) {
+    const uint32_t* first = scratch.data() + c * lane_cap;
+    lane_bits[c] = uint32_t((bw[c].out - first) * 32 + bw[c].n);
+    total += lane_bits[c];
+  }
+  out.assign((total + 31) / 32 + 1, 0);
+  uint64_t at = 0;
+  for (int c = 0; c < LANES; ++c) {
+    const uint32_t* src = scratch.data() + c * lane_cap;
+    const uint32_t nbits = lane_bits[c];
+    const uint32_t nwords = (nbits + 31) / 32;
+    // the lane's last word, left-justified (its low bits zero)
+    uint32_t* last = scratch.data() + c * lane_cap + (nbits >> 5);
+    if (nbits & 31) *last = uint32_t(bw[c].acc << (32 - (nbits & 31)));
+    const uint32_t s = uint32_t(at & 31);
+    uint32_t* o = out.data() + (at >> 5);
+    if (s == 0) {
+      std::memcpy(o, src, 4 * size_t(nwords));
+    } else {
+      for (uint32_t i = 0; i < nwords; ++i) {
+        o[i] |= src[i] >> s;
+        o[i + 1] = src[i] << (32 - s);
+      }
+    }
+    at += nbits;
+  }
+  out.resize((total + 31) / 32);
 }
 
 template <typename F>
@@ -198,28 +280,53 @@ void histogram(const void* words, uint64_t n, const DtypeLayout& L, int threads,
 
 int choose_split(const std::vector<uint64_t>& hist, const DtypeLayout& L, uint64_t n, int max_code_len,
                  std::vector<uint8_t>& lengths) {
+  // The used symbols of the widest split, then each narrower split's by merging neighbours (symbol >> 1):
+  // work in proportion to the used symbols, not to the 2^12 bins.
   const int max_k = L.max_k();
+  std::vector<uint32_t> sym;
+  std::vector<uint64_t> cnt;
+  for (size_t s = 0; s < hist.size(); ++s) {
+    if (hist[s]) {
+      sym.push_back(uint32_t(s));
+      cnt.push_back(hist[s]);
+    }
+  }
   uint64_t best_bits = UINT64_MAX;
   int best_k = max_k;
-  std::vector<uint64_t> merged;
-  std::vector<uint8_t> lens;
+  std::vector<uint8_t> lens, best_lens;
+  std::vector<uint32_t> best_sym;
   for (int k = max_k; k >= 0; --k) {
-    const size_t group = size_t(1) << (max_k - k);
-    const size_t nsym = hist.size() / group;
-    merged.assign(nsym, 0);
-    for (size_t s = 0; s < hist.size(); ++s) merged[s / group] += hist[s];
-    lens.resize(nsym);
-    code_lengths(merged.data(), nsym, max_code_len, lens.data());
+    if (k < max_k) {  // merge neighbours: sym is sorted, so equal halves are adjacent
+      size_t o = 0;
+      for (size_t i = 0; i < sym.size(); ++i) {
+        const uint32_t s = sym[i] >> 1;
+        if (o && sym[o - 1] == s) {
+          cnt[o - 1] += cnt[i];
+        } else {
+          sym[o] = s;
+          cnt[o] = cnt[i];
+          ++o;
+        }
+      }
+      sym.resize(o);
+      cnt.resize(o);
+    }
+    lens.resize(sym.size());
+    code_lengths(cnt.data(), cnt.size(), max_code_len, lens.data());
     uint64_t coded = 0;
-    for (size_t s = 0; s < nsym; ++s) coded += merged[s] * lens[s];
-    const uint64_t raw = n * uint64_t(L.man_bits - k + 1);
-    const uint64_t bits = coded + raw + 8 * table_bytes(lens.data(), nsym);
+    for (size_t i = 0; i < sym.size(); ++i) coded += cnt[i] * lens[i];
+    const size_t nsym = size_t(1) << (L.exp_bits + k);
+    const uint64_t table = (nsym + 7) / 8 + (sym.size() + 1) / 2;
+    const uint64_t bits = coded + n * uint64_t(L.man_bits - k + 1) + 8 * table;
     if (bits < best_bits) {
       best_bits = bits;
       best_k = k;
-      lengths = lens;
+      best_lens = lens;
+      best_sym = sym;
     }
   }
+  lengths.assign(size_t(1) << (L.exp_bits + best_k), 0);
+  for (size_t i = 0; i < best_sym.size(); ++i) lengths[best_sym[i]] = best_lens[i];
   return best_k;
 }
 
@@ -253,15 +360,28 @@ Plan plan_v2(const void* words, const DtypeLayout& L, const uint64_t* shape, int
   canonical_codes(plan.lengths.data(), nsym, codes.data());
   plan.enc.resize(nsym);
   for (size_t s = 0; s < nsym; ++s) plan.enc[s] = (codes[s] << 5) | plan.lengths[s];
+  if (L.itemsize() == 2 && numel >= WORD_TABLE_MIN) {
+    plan.word_table.resize(1 << 16);
+    const uint32_t shift = b.shift, smask = (1u << b.sym_bits) - 1, low = (1u << shift) - 1;
+    for (uint32_t word = 0; word < (1u << 16); ++word) {
+      const uint32_t e = plan.enc[(word >> shift) & smask];
+      const uint32_t f = ((word >> 15) << shift) | (word & low);
+      plan.word_table[word] = ((e >> 5) << 16) | ((e & 31) << 11) | f;
+    }
+  }
   derive_sizes(b);
   b.n_tiles = uint32_t((numel + b.tile_elems - 1) / b.tile_elems);
   derive_sizes(b);  // again: the last tile's sizes depend on n_tiles
 
   plan.lane_bits.assign(size_t(b.n_tiles) * LANES, 0);
+  plan.tile_codes.resize(b.n_tiles);
+  plan.raw.assign(b.raw_words, 0);
   by_width(L.itemsize(), [&](auto z) {
     using W = decltype(z);
     const W* w = static_cast<const W*>(words);
-    parallel_for(b.n_tiles, threads, [&](size_t t) { lane_lengths_t(w, plan, uint32_t(t), &plan.lane_bits[t * LANES]); });
+    parallel_for(b.n_tiles, threads, [&](size_t t) {
+      encode_tile_t(w, plan, uint32_t(t), &plan.lane_bits[t * LANES], plan.tile_codes[t], plan.raw.data());
+    });
   });
   plan.tile_words.assign(size_t(b.n_tiles) + 1, 0);
   plan.tile_lanes.assign(b.n_tiles, 0);
@@ -359,14 +479,13 @@ void write_v2(const Plan& plan, const void* words, uint8_t* out) {
     }
     if (have) *o = uint32_t(acc);  // 32 * width bits: never a partial word, kept for clarity
   }
-  uint32_t* codes = reinterpret_cast<uint32_t*>(out + b.codes_at);
-  uint32_t* raw = reinterpret_cast<uint32_t*>(out + b.raw_at);
-  // every word of both streams is written whole by exactly one tile (its last, partial words too)
-  by_width(b.layout->itemsize(), [&](auto z) {
-    using W = decltype(z);
-    const W* w = static_cast<const W*>(words);
-    parallel_for(b.n_tiles, plan.threads, [&](size_t t) { write_tile_t(w, plan, uint32_t(t), codes, raw); });
+  uint8_t* codes = out + b.codes_at;
+  parallel_for(b.n_tiles, plan.threads, [&](size_t t) {
+    const std::vector<uint32_t>& tc = plan.tile_codes[t];
+    if (!tc.empty()) std::memcpy(codes + 4 * size_t(plan.tile_words[t]), tc.data(), 4 * tc.size());
   });
+  if (b.raw_words) std::memcpy(out + b.raw_at, plan.raw.data(), 4 * b.raw_words);
+  (void)words;
   wr32(out + 52, crc32c_parallel(out, b.total, plan.threads));
 }
 

@@ -9,8 +9,8 @@
 
 namespace fz {
 
-// What the first pass decided: the header, the code, every lane's length. write_v2 then fills a buffer of
-// info.total bytes.
+// The encoded tensor before it is laid out: header, code, every tile's code words and the raw stream (the
+// one pass over the tensor after the histogram). write_v2 then fills a buffer of info.total bytes.
 struct Plan {
   BlobInfo info;
   std::vector<uint8_t> lengths;    // code length per symbol (0 = unused)
@@ -19,6 +19,11 @@ struct Plan {
   std::vector<uint32_t> tile_words;  // n_tiles + 1
   std::vector<uint32_t> tile_lanes;  // n_tiles: base | width << 27
   std::vector<uint64_t> delta_at;    // n_tiles: first word of each tile's lane deltas
+  std::vector<std::vector<uint32_t>> tile_codes;  // each tile's code words, ready to copy into place
+  std::vector<uint32_t> raw;                      // the raw stream (padding excluded)
+  // large 16-bit tensors: for every 16-bit word, (code << 16) | (length << 11) | raw field (codes are at
+  // most 16 bits, lengths 5, fields 11)
+  std::vector<uint32_t> word_table;
   int threads = 1;
 };
 

@@ -15,6 +15,7 @@
 #include "core/crc32c.h"
 #include "core/decode.h"
 #include "core/decode_v1.h"
+#include "core/df11.h"
 #include "core/encode.h"
 #include "core/huffman.h"
 #include "core/pool.h"
@@ -319,6 +320,36 @@ nb::bytes longcodes_bytes(nb::handle lengths, uint32_t shift, int bits) {
   return nb::bytes(reinterpret_cast<const char*>(&tb.longc), sizeof(LongCodes));
 }
 
+void df11_decode_py(nb::handle stream, uint64_t n_bits, nb::handle gaps, uint64_t window_bits, uint32_t tpb,
+                    nb::handle luts, nb::handle lens, int link_min, nb::handle positions, nb::handle sign_mantissa,
+                    nb::handle out, nb::handle firsts, nb::handle ends, nb::handle bad, nb::handle block_ends) {
+  Buffer st(stream, false, "stream"), gp(gaps, false, "gaps"), lu(luts, false, "luts"), le(lens, false, "lens"),
+      po(positions, false, "positions"), sm(sign_mantissa, false, "sign_mantissa"), o(out, true, "out"),
+      fi(firsts, true, "firsts"), en(ends, true, "ends"), ba(bad, true, "bad"), be(block_ends, true, "block_ends");
+  const uint64_t n_windows = gp.size() / 8;
+  if (gp.size() % 8 || po.size() % 8 || lu.size() % 256 || le.size() != 256 || o.size() % 2)
+    throw nb::value_error("bad DF11 array sizes");
+  const uint64_t n = o.size() / 2, n_positions = po.size() / 8;
+  if (sm.size() < n || fi.size() != 8 * n_windows || en.size() != 8 * n_windows || ba.size() != 8 * n_windows ||
+      n_positions < 1 || be.size() != 8 * (n_positions - 1))
+    throw nb::value_error("DF11 array sizes do not match");
+  for (const Buffer* b : {&gp, &po, &fi, &en, &ba, &be})
+    if (reinterpret_cast<uintptr_t>(b->data()) % 8) throw nb::value_error("DF11 arrays must be 8-byte aligned");
+  if (reinterpret_cast<uintptr_t>(o.data()) % 2) throw nb::value_error("out must be 2-byte aligned");
+  Df11Args a{st.data(), st.size(), n_bits, reinterpret_cast<const int64_t*>(gp.data()), n_windows, window_bits, tpb,
+             lu.data(), uint32_t(lu.size() / 256), le.data(), link_min,
+             reinterpret_cast<const int64_t*>(po.data()), n_positions, sm.data(),
+             reinterpret_cast<uint16_t*>(o.data()), n, reinterpret_cast<int64_t*>(fi.data()),
+             reinterpret_cast<int64_t*>(en.data()), reinterpret_cast<int64_t*>(ba.data()),
+             reinterpret_cast<int64_t*>(be.data()), default_threads()};
+  try {
+    nb::gil_scoped_release nogil;
+    df11_decode(a);
+  } catch (const std::invalid_argument& e) {
+    throw FormatError(e.what());
+  }
+}
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -350,6 +381,10 @@ NB_MODULE(_core, m) {
         "Decode tables (primary, long patterns, limits, offsets, max length) for one code.");
   m.def("lane_starts", &lane_starts_py, nb::arg("blob"), nb::arg("tile"), "Start and end bit of each lane of a tile.");
   m.def("default_threads", &default_threads, "Threads the core uses by default.");
+  m.def("df11_decode", &df11_decode_py, nb::arg("stream"), nb::arg("n_bits"), nb::arg("gaps"), nb::arg("window_bits"),
+        nb::arg("tpb"), nb::arg("luts"), nb::arg("lens"), nb::arg("link_min"), nb::arg("positions"),
+        nb::arg("sign_mantissa"), nb::arg("out"), nb::arg("firsts"), nb::arg("ends"), nb::arg("bad"),
+        nb::arg("block_ends"), "The decode pass of one DF11 block (every index bounded by the arrays' sizes).");
   m.attr("WARPS") = WARPS;
   m.attr("TILE_DESC_BYTES") = sizeof(TileDesc);
   m.attr("JOB_DESC_BYTES") = sizeof(JobDesc);
