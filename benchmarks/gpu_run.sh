@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every GPU check, in one command, for a lent GPU machine (see ../shared/DESIGN.md: minutes at a time).
+# Run from the repository root:
+#
+#     bash benchmarks/gpu_run.sh            # writes its results under $OUT (or ./gpu-out)
+#
+# 1. builds the compiled core against the machine's own Python (its image has scikit-build-core, nanobind,
+#    cmake and ninja; nothing is downloaded);
+# 2. the GPU tests (the real kernel against the CPU, bit for bit; CUDA-graph replay);
+# 3. benchmarks/gpu_decode.py: floatzip's kernel, a device copy (the ceiling) and, when the dfloat11 and
+#    dahuffman wheels were carried in .whl/ (pip download --no-deps dfloat11==0.5.0 dahuffman==0.4.2), DFloat11's
+#    own kernel, on 16 MB to 1 GB tensors and a Llama-8B block;
+# 4. ncu on one decode launch: L1 hit rate, pipe utilisation, achieved bandwidth.
+# Meant to end within 8 minutes on an H100/H200.
+set -uo pipefail
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl > /dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+timeout 240 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3 | tee "$OUT/build.txt"
+timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/decode/test_cuda.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
+timeout 300 python3 benchmarks/gpu_decode.py --json "$OUT/gpu_decode.json" 2>&1 | tee "$OUT/gpu_decode.txt"
+if command -v ncu > /dev/null; then
+  timeout 120 ncu --clock-control none -k regex:decode_kernel -c 2 \
+    --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,l1tex__t_sector_hit_rate.pct,sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum \
+    python3 benchmarks/gpu_decode.py --quick --no-block --no-variants --no-dfloat11 --iters 1 --warmup 0 \
+    2>&1 | tail -40 | tee "$OUT/ncu.txt"
+fi
