@@ -80,7 +80,7 @@ def tool(name: str) -> str:
         hits = glob.glob(os.path.join(base, "nvidia", "cu*", "bin", name))
         if hits:
             return hits[0]
-    raise SystemExit(f"gpu_model: {name} not found (pip install nvidia-cuda-cuobjdump)")
+    raise SystemExit(f"gpu_model: {name} not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
 
 
 def sass(cubin: bytes, mangled: str) -> list[tuple[int, str]]:
@@ -88,8 +88,10 @@ def sass(cubin: bytes, mangled: str) -> list[tuple[int, str]]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
+        # cuobjdump disassembles with nvdisasm, which it looks for on PATH
+        env = {**os.environ, "PATH": os.path.dirname(tool("nvdisasm")) + os.pathsep + os.environ.get("PATH", "")}
         out = subprocess.run([tool("cuobjdump"), "-sass", "-fun", mangled, f.name], capture_output=True, text=True,
-                             check=True).stdout  # fmt: skip
+                             check=True, env=env).stdout  # fmt: skip
     ins = []
     for line in out.splitlines():
         m = re.match(r"\s+/\*([0-9a-f]+)\*/\s+(.*?)\s*;", line)
