@@ -55,11 +55,13 @@ def decode_v1(
 ) -> None:
     """Decode v1 streams."""
 
-def crc32c(data: object, crc: int = 0, portable: bool = False) -> int:
-    """CRC-32C of a buffer (chaining like zlib.crc32)."""
+def crc32c(data: object, crc: int = 0, path: str = "auto") -> int:
+    """
+    CRC-32C of a buffer (chaining like zlib.crc32); path: auto or one of crc32c_paths().
+    """
 
-def crc32c_hardware() -> bool:
-    """Whether CRC-32C uses the CPU's instruction."""
+def crc32c_paths() -> list[str]:
+    """The CRC-32C implementations this CPU can run."""
 
 def code_lengths(counts: Sequence[int], max_len: int = 16) -> bytes:
     """Optimal code lengths of at most max_len bits."""

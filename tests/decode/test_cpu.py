@@ -20,17 +20,36 @@ from floatzip.decode.reference import crc32c
 @given(st.binary(max_size=3000), st.integers(0, 2**32 - 1))
 @settings(max_examples=200, deadline=None)
 def test_crc32c_matches_the_bytewise_definition_and_chains(data: bytes, seed: int) -> None:
-    assert _core.crc32c(data) == _core.crc32c(data, portable=True) == crc32c(data)
+    want = crc32c(data)
+    for path in ["auto", *_core.crc32c_paths()]:
+        assert _core.crc32c(data, path=path) == want, path
     cut = seed % (len(data) + 1)
-    assert _core.crc32c(data[cut:], _core.crc32c(data[:cut])) == crc32c(data)
+    for path in ["auto", *_core.crc32c_paths()]:
+        assert _core.crc32c(data[cut:], _core.crc32c(data[:cut]), path=path) == want, path
 
 
 def test_crc32c_known_vector_and_long_unaligned_buffers() -> None:
     assert _core.crc32c(b"123456789") == 0xE3069283  # the check value of CRC-32C
     big = np.random.default_rng(0).integers(0, 256, 3 * 8192 * 5 + 77, dtype=np.uint8)
-    for off in (0, 1, 5):
-        assert _core.crc32c(big[off:]) == _core.crc32c(big[off:], portable=True)
+    for off in (0, 1, 5, 256, 1000):
+        for n in (len(big) - off, 256, 257, 511, 1024, 4096 + 3):
+            want = _core.crc32c(big[off : off + n], path="portable")
+            for path in ["auto", *_core.crc32c_paths()]:
+                assert _core.crc32c(big[off : off + n], 0x1234567, path=path) == _core.crc32c(
+                    big[off : off + n], 0x1234567, path="portable"
+                )
+                assert _core.crc32c(big[off : off + n], path=path) == want, (path, off, n)
     assert zlib.crc32(b"x") != _core.crc32c(b"x")  # it is not zlib's
+    with pytest.raises(ValueError, match="path"):
+        _core.crc32c(b"x", path="nope")
+
+
+def test_this_machine_runs_the_fast_crc32c_paths() -> None:
+    # the x86-64 CI machines have SSE4.2; AVX-512 + VPCLMULQDQ where the CPU has them (this project's do)
+    import platform
+
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert "instruction" in _core.crc32c_paths()
 
 
 @given(st.lists(st.integers(0, 10**9), min_size=1, max_size=300), st.sampled_from([12, 16, 24]))

@@ -159,6 +159,37 @@ def test_a_flipped_raw_bit_is_caught_by_the_data_checksum(blob: bytes) -> None:
     floatzip.decompress_tensor(bad, verify=False)  # decodes; only the checksum can tell
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float8_e4m3fn])
+@pytest.mark.parametrize("where", [0.0, 0.5, 0.99])
+def test_the_data_checksum_covers_every_tile(dtype: torch.dtype, where: float) -> None:
+    # an odd number of tiles, the last one partial: the decoder checksums pairs of tiles as it goes and joins
+    # the CRCs (a lone last tile, parts of equal length before it)
+    t = (torch.randn(9000, generator=torch.Generator().manual_seed(2)) * 0.02).to(dtype)
+    ct = floatzip.compress_tensor(t, steps=8)
+    n_tiles = int(ct.v2["n_tiles"])
+    assert n_tiles >= 3 and n_tiles % 2 == 1 and ct.raw_bits > 0
+    floatzip.decompress_tensor(ct)  # the good blob verifies
+    b = bytearray(ct.to_bytes())
+    raw_at, raw_len = int(ct.v2["raw_at"]), ct.numel * ct.raw_bits // 8
+    b[raw_at + int(where * raw_len)] ^= 0x10
+    bad = floatzip.CompressedTensor.from_bytes(with_crc(b))
+    with pytest.raises(IntegrityError, match="checksum"):
+        floatzip.decompress_tensor(bad)
+
+
+def test_the_checksum_of_a_large_blob_is_taken_in_slices_and_joined() -> None:
+    # over 2 MiB: the parser checks the blob's CRC-32C one 1 MiB-or-more slice per thread (when it has two)
+    t = (torch.randn(1_700_000, generator=torch.Generator().manual_seed(3)) * 0.02).to(torch.bfloat16)
+    blob = floatzip.compress_tensor(t).to_bytes()
+    assert len(blob) > 2 << 20
+    floatzip.CompressedTensor.from_bytes(blob)
+    for at in (100, len(blob) // 2, len(blob) - 40):
+        b = bytearray(blob)
+        b[at] ^= 0x01
+        with pytest.raises(IntegrityError, match="checksum mismatch"):
+            floatzip.CompressedTensor.from_bytes(bytes(b))
+
+
 EXPECTED_V1 = json.loads((GOLDEN_V1 / "expected.json").read_text())
 
 

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/crc32c.h"
+#include "core/pool.h"
 
 namespace fz {
 
@@ -80,7 +81,7 @@ BlobInfo parse_v2(const uint8_t* p, size_t len, bool check_crc) {
     uint32_t crc = crc32c(0, p, 52);
     static const uint8_t zero[4] = {0, 0, 0, 0};
     crc = crc32c(crc, zero, 4);
-    crc = crc32c(crc, p + 56, len - 56);
+    crc = crc32c_parallel(crc, p + 56, len - 56, default_threads());
     if (crc != b.blob_crc) throw IntegrityError("checksum mismatch (the blob is corrupt)");
   }
   // shape: the product must be numel, computed without overflow

@@ -46,7 +46,7 @@ inline void codes8(u64* pos, u32 (*E)[32], int c0, const u32* codes, const u32* 
     win <<= (e1 & 63);                                                                    \
     u32 e2 = primary[win >> (64 - PRIMARY_BITS)];                                         \
     if (LONG && int(e1 | e2) < 0) fix_long(codes, p##L, e1, e2, code);                    \
-    p##L += (e1 & ENTRY_LEN_MASK) + (e2 & ENTRY_LEN_MASK);                                \
+    p##L += (e1 + e2) & 63; /* lengths <= 16 in bits 0..4, bits 5..15 zero: no carry */  \
     E[s][c0 + L] = e1;                                                                    \
     E[s + 1][c0 + L] = e2;                                                                \
   }
@@ -168,6 +168,10 @@ bool tile(const Tile16& t) {
   alignas(64) u32 E[32][32];
   const bool vec = t.vector && use_avx512();
   for (u64 blk = 0; blk < t.steps / 4; ++blk) {
+    // 32 code streams are more than the hardware prefetchers follow: ask for each lane's bits 128 bytes
+    // ahead, ~5 blocks at ~26 bytes a block (measured on an 8 Mi BF16 tensor, one thread: 1.6 ns a symbol
+    // without, 1.0 with; 256 bytes or more ahead helped less). A prefetch past the buffer is harmless.
+    for (int c = 0; c < 32; ++c) __builtin_prefetch(t.codes + (pos[c] >> 5) + 32, 0, 3);
     for (int c0 = 0; c0 < 32; c0 += 8) codes8<LONG>(pos + c0, E, c0, t.codes, primary, *t.code);
     const u32* rw = t.raw + blk * 32 * R;
     u16* out = t.out + blk * 4 * 256;

@@ -54,6 +54,12 @@ void histogram_t(const W* w, uint64_t n, const DtypeLayout& L, int threads, std:
   const size_t nb = size_t(1) << sym_bits;
   const uint32_t mask = uint32_t(nb - 1);
   uint64_t parts = std::max<uint64_t>(1, std::min<uint64_t>(uint64_t(threads), n / HIST_SLICE));
+  if (parts == 1) {  // a small tensor: no partial histograms to zero, copy and add
+    hist.assign(nb, 0);
+    hist_slice(w, 0, n, shift, mask, hist.data());
+    crc = crc32c(0, reinterpret_cast<const uint8_t*>(w), n * sizeof(W));
+    return;
+  }
   std::vector<uint64_t> partial(parts * nb, 0);
   std::vector<uint32_t> crcs(parts);
   std::vector<uint64_t> lo(parts + 1);
@@ -486,7 +492,7 @@ void write_v2(const Plan& plan, const void* words, uint8_t* out) {
   });
   if (b.raw_words) std::memcpy(out + b.raw_at, plan.raw.data(), 4 * b.raw_words);
   (void)words;
-  wr32(out + 52, crc32c_parallel(out, b.total, plan.threads));
+  wr32(out + 52, crc32c_parallel(0, out, b.total, plan.threads));
 }
 
 }  // namespace fz

@@ -142,10 +142,10 @@ Tables build_tables(const uint8_t* lengths, size_t nsym, uint32_t shift, int bit
     if (l > PRIMARY_BITS) before += count[l];
   }
   tb.long_pattern.assign(size_t(before) + 1, 0);
-  for (int l = PRIMARY_BITS + 1; l <= MAX_CODE_LEN; ++l) {
+  if (max_len > PRIMARY_BITS) {
     for (size_t s = 0; s < nsym; ++s) {
-      if (lengths[s] != l) continue;
-      tb.long_pattern[size_t(lc.offset[l] + codes[s])] = pattern(s);
+      const uint32_t l = lengths[s];
+      if (l > PRIMARY_BITS) tb.long_pattern[size_t(lc.offset[l] + codes[s])] = pattern(s);
     }
   }
   return tb;

@@ -7,6 +7,10 @@
 
 #include <cstring>
 #include <memory>
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 #include <string>
 #include <vector>
 
@@ -138,6 +142,23 @@ nb::dict info_dict(const BlobInfo& b) {
   return d;
 }
 
+// A large output the decoder is about to fill: ask Linux for transparent huge pages over it, as NumPy does
+// for its own large arrays (torch.empty does not). Measured on a 16 MiB tensor freshly allocated: first-touch
+// page faults cost ~0.3 ns per BF16 element with 4 KiB pages, more than the CRC-32C of the output. Advice
+// only: memory already touched keeps its pages, errors are ignored.
+void advise_huge_pages(void* p, size_t n) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (n < (size_t(4) << 20)) return;
+  static const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + n) & ~(page - 1);
+  if (hi > lo) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)n;
+#endif
+}
+
 nb::dict parse(nb::handle blob, bool check_crc) {
   Buffer in(blob, false, "blob");
   Aligned a(in);
@@ -158,6 +179,7 @@ void decode(nb::handle blob, nb::handle out, int threads, bool check_blob_crc, b
   BlobInfo info = parse_v2(a.p, in.size(), check_blob_crc);
   if (o.size() != info.numel * info.layout->itemsize()) throw FormatError("out does not hold the tensor");
   if (reinterpret_cast<uintptr_t>(o.data()) % info.layout->itemsize()) throw FormatError("out is not aligned");
+  advise_huge_pages(o.data(), o.size());
   decode_v2(a.p, info, o.data(), threads, check_data_crc);
 }
 
@@ -173,6 +195,7 @@ void decode_tiles(nb::handle blob, uint32_t first, uint32_t count, nb::handle ou
   for (uint32_t t = first; t < first + count; ++t) elems += info.tile_elements(t);
   if (o.size() != elems * info.layout->itemsize()) throw FormatError("out does not hold the tiles");
   if (reinterpret_cast<uintptr_t>(o.data()) % info.layout->itemsize()) throw FormatError("out is not aligned");
+  advise_huge_pages(o.data(), o.size());
   decode_v2_tiles(a.p, info, first, count, o.data(), threads);
 }
 
@@ -204,10 +227,31 @@ void decode_v1_py(nb::handle codes, nb::handle raw, nb::handle tile_words, nb::h
   decode_v1(s, ln.data(), o.data(), threads);
 }
 
-uint32_t crc32c_py(nb::handle data, uint32_t crc, bool portable) {
+uint32_t crc32c_py(nb::handle data, uint32_t crc, const std::string& path) {
   Buffer in(data, false, "data");
+  if (path == "auto") {
+    nb::gil_scoped_release nogil;
+    return crc32c(crc, in.data(), in.size());
+  }
+  CrcPath p;
+  if (path == "portable") {
+    p = CrcPath::Portable;
+  } else if (path == "instruction" && crc32c_hardware()) {
+    p = CrcPath::Instruction;
+  } else if (path == "fold" && crc32c_fold_available()) {
+    p = CrcPath::Fold;
+  } else {
+    throw nb::value_error(("CRC-32C path " + path + " is unknown or this CPU lacks what it needs").c_str());
+  }
   nb::gil_scoped_release nogil;
-  return portable ? crc32c_portable(crc, in.data(), in.size()) : crc32c(crc, in.data(), in.size());
+  return crc32c_path(crc, in.data(), in.size(), p);
+}
+
+std::vector<std::string> crc32c_paths() {
+  std::vector<std::string> out{"portable"};
+  if (crc32c_hardware()) out.push_back("instruction");
+  if (crc32c_fold_available()) out.push_back("fold");
+  return out;
 }
 
 nb::bytes code_lengths_py(std::vector<uint64_t> counts, int max_len) {
@@ -372,9 +416,9 @@ NB_MODULE(_core, m) {
   m.def("decode_v1", &decode_v1_py, nb::arg("codes"), nb::arg("raw"), nb::arg("tile_words"), nb::arg("lane_bits"),
         nb::arg("lengths"), nb::arg("numel"), nb::arg("lanes"), nb::arg("steps"), nb::arg("shift"),
         nb::arg("sym_bits"), nb::arg("bits"), nb::arg("out"), nb::arg("threads") = 0, "Decode v1 streams.");
-  m.def("crc32c", &crc32c_py, nb::arg("data"), nb::arg("crc") = 0, nb::arg("portable") = false,
-        "CRC-32C of a buffer (chaining like zlib.crc32).");
-  m.def("crc32c_hardware", &crc32c_hardware, "Whether CRC-32C uses the CPU's instruction.");
+  m.def("crc32c", &crc32c_py, nb::arg("data"), nb::arg("crc") = 0, nb::arg("path") = "auto",
+        "CRC-32C of a buffer (chaining like zlib.crc32); path: auto or one of crc32c_paths().");
+  m.def("crc32c_paths", &crc32c_paths, "The CRC-32C implementations this CPU can run.");
   m.def("code_lengths", &code_lengths_py, nb::arg("counts"), nb::arg("max_len") = 16,
         "Optimal code lengths of at most max_len bits.");
   m.def("tables", &tables_py, nb::arg("lengths"), nb::arg("shift"), nb::arg("bits"),
