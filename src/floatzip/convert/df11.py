@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import tempfile
 import time
@@ -35,7 +36,7 @@ import torch
 
 from floatzip.convert._df11_decode import Df11Block, decode_block
 from floatzip.errors import FormatError, InputError
-from floatzip.format.checkpoint import CheckpointReport, build_checkpoint
+from floatzip.format.checkpoint import CheckpointReport, build_checkpoint, staging_prefix
 from floatzip.format.safetensors_io import Entry, Header, StreamingWriter, iter_files, read_header, read_range
 
 BLOCK_PARTS = ("luts", "encoded_exponent", "sign_mantissa", "output_positions", "gaps", "split_positions")
@@ -484,7 +485,9 @@ def convert_df11(
     )
     with (
         build_checkpoint(dst, report, total=total, steps=steps, progress=progress) as builder,
-        tempfile.TemporaryDirectory(prefix=f".{dst.name}.bf16.", dir=dst.parent) as scratch_dir,
+        tempfile.TemporaryDirectory(
+            prefix=f"{staging_prefix(dst)}{os.getpid()}-bf16-", suffix=".tmp", dir=dst.parent
+        ) as scratch_dir,
     ):
         scratch = Path(scratch_dir)
         for file in source.files:

@@ -11,7 +11,11 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
+import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 import zlib
@@ -26,7 +30,7 @@ from tqdm.auto import tqdm
 
 from floatzip.codec.encode import compress_words
 from floatzip.decode import decode_words
-from floatzip.errors import FormatError, InputError, IntegrityError, VersionError
+from floatzip.errors import FloatzipError, FormatError, InputError, IntegrityError, VersionError
 from floatzip.format import spec
 from floatzip.format.blob import CompressedTensor
 from floatzip.format.safetensors_io import (
@@ -102,16 +106,59 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_log = logging.getLogger("floatzip")
+
+
+def staging_prefix(dst: Path) -> str:
+    """The name every temporary directory beside ``dst`` starts with, followed by the process id and a dash:
+    what the next run to ``dst`` looks for to clean up after a killed one."""
+    return f".{dst.name}.floatzip-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; set straight back
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _remove_stale_staging(dst: Path) -> None:
+    """Remove what an earlier run to ``dst`` left behind when it was killed (SIGKILL, power loss): staging
+    directories named after a process that no longer exists on this machine."""
+    pattern = re.compile(re.escape(staging_prefix(dst)) + r"(\d+)-[^/]*\.tmp")
+    with contextlib.suppress(OSError):
+        for entry in dst.parent.iterdir():
+            m = pattern.fullmatch(entry.name)
+            if m and entry.is_dir() and not entry.is_symlink() and not _pid_alive(int(m.group(1))):
+                shutil.rmtree(entry, ignore_errors=True)
+                _log.warning(
+                    "floatzip: removed %s, left by an interrupted floatzip run (process %s)", entry, m.group(1)
+                )
+
+
 @contextlib.contextmanager
 def _staging(dst: Path) -> Iterator[Path]:
-    """A temporary directory beside ``dst``, renamed to ``dst`` on success and removed on failure."""
+    """A temporary directory beside ``dst``, renamed to ``dst`` on success and removed on failure (any
+    exception, KeyboardInterrupt and the CLI's SIGTERM included). It is named after this process, so that
+    the next run to ``dst`` removes it if this one is killed outright. ``dst`` follows the umask."""
     if dst.exists() and not (dst.is_dir() and not any(dst.iterdir())):
         raise InputError(f"{dst}: already exists (floatzip never overwrites; remove it or pick another path)")
     parent = dst.parent
     if not parent.is_dir():
         raise InputError(f"{parent}: no such directory")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
+    _remove_stale_staging(dst)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(dst)}{os.getpid()}-", suffix=".tmp", dir=parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
         yield tmp
         if dst.exists():
             dst.rmdir()
@@ -119,6 +166,32 @@ def _staging(dst: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _allowed_roots(root: Path) -> list[Path]:
+    """Where a file of the directory ``root`` may live once its symbolic links are followed: inside ``root``,
+    or, for a Hugging Face cache snapshot (``.../snapshots/<revision>``), in that repository's ``blobs``."""
+    real = root.resolve()
+    roots = [real]
+    if real.parent.name == "snapshots":
+        roots.append(real.parent.parent / "blobs")
+    return roots
+
+
+def _check_regular(f: Path, root: Path, allowed: list[Path] | None, what: str, error: type[FloatzipError]) -> None:
+    """Refuse a file that is not a regular file (a FIFO or device would hang the read) or, unless ``allowed``
+    is None, a symbolic link leading out of ``root`` (``what`` names the directory in the message)."""
+    if allowed is not None and f.is_symlink():
+        target = f.resolve()
+        if not any(target.is_relative_to(a) for a in allowed):
+            raise error(f"{f}: a symbolic link to {target}, outside {what} {root}; floatzip reads only "
+                        "files that belong to it")  # fmt: skip
+    try:
+        mode = f.stat().st_mode
+    except OSError as exc:
+        raise error(f"{f}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise error(f"{f}: not a regular file (a FIFO, device or socket); floatzip reads only regular files")
 
 
 def _progress(total: int, desc: str, enabled: bool) -> tqdm:
@@ -130,11 +203,15 @@ def _source_files(src: Path) -> tuple[Path, list[Path]]:
     """The root and the files of a checkpoint source (a .safetensors file or a directory)."""
     if not src.exists():
         raise InputError(f"{src}: no such file or directory")
+    if not src.is_file() and not src.is_dir():
+        raise InputError(f"{src}: not a regular file or a directory (a FIFO, device or socket)")
     if src.is_file():
         if src.suffix != ".safetensors":
             raise InputError(f"{src}: not a .safetensors file or a model directory")
         return src.parent, [src]
     files = list(iter_files(src))
+    for f in files:  # the user's own directory: links may lead anywhere, but only to regular files
+        _check_regular(f, src, None, "the model directory", InputError)
     if not any(f.suffix == ".safetensors" for f in files):
         raise InputError(f"{src}: the directory holds no .safetensors file")
     return src, files
@@ -217,7 +294,8 @@ class CheckpointBuilder:
         self._report.files += 1
 
     def _finish(self) -> None:
-        doc = {"format_version": spec.FORMAT_VERSION, "files": self._manifest}
+        doc: dict[str, object] = {"format_version": spec.FORMAT_VERSION, "files": self._manifest}
+        doc["manifest_sha256"] = _manifest_digest(doc)
         (self._tmp / spec.MANIFEST_NAME).write_text(json.dumps(doc, indent=1) + "\n")
         _verify_dir(self._tmp, None, progress=False)  # reload and compare before reporting success
 
@@ -248,6 +326,7 @@ def compress_checkpoint(
     ``steps`` sets every blob's tile (docs/FORMAT.md §1.4); the default suits each dtype."""
     src, dst = Path(src), Path(dst)
     root, files = _source_files(src)
+    _refuse_nested(src, dst)
     report = CheckpointReport(src, dst)
     total = sum(f.stat().st_size for f in files if f.suffix == ".safetensors")
     for f in files:  # refuse a bad input before anything is written
@@ -259,6 +338,30 @@ def compress_checkpoint(
     return report
 
 
+def _refuse_nested(src: Path, dst: Path) -> None:
+    """DST inside a source directory would change the source and be read into the next run's output."""
+    if src.is_dir() and dst.resolve().is_relative_to(src.resolve()):
+        raise InputError(f"{dst}: inside the source directory {src}; put the output somewhere else")
+
+
+def _config_matches(stored: bytes, original: bytes) -> bool:
+    """Whether a checkpoint's config.json is its original plus floatzip's quantization_config (of any
+    version this floatzip reads) and nothing else changed."""
+    try:
+        ours, theirs = json.loads(stored), json.loads(original)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    if not isinstance(ours, dict) or not isinstance(theirs, dict):
+        return False
+    qc = ours.pop("quantization_config", None)
+    return (
+        isinstance(qc, dict)
+        and qc.get("quant_method") == spec.QUANT_METHOD
+        and qc.get("format_version") in spec.READ_VERSIONS
+        and json.dumps(ours, sort_keys=True) == json.dumps(theirs, sort_keys=True)  # NaN == NaN here
+    )
+
+
 def _with_quantization_config(original: bytes, path: Path) -> bytes:
     try:
         config = json.loads(original)
@@ -266,8 +369,8 @@ def _with_quantization_config(original: bytes, path: Path) -> bytes:
         raise FormatError(f"{path}: not valid JSON ({exc.args[0]})") from None
     if not isinstance(config, dict):
         raise FormatError(f"{path}: not a JSON object")
-    if config.get("quantization_config"):
-        method = config["quantization_config"].get("quant_method", "?")
+    if qc := config.get("quantization_config"):
+        method = qc.get("quant_method", "?") if isinstance(qc, dict) else qc
         raise InputError(f"{path}: the model is already quantized ({method}); floatzip needs the original weights")
     config["quantization_config"] = {"quant_method": spec.QUANT_METHOD, "format_version": spec.FORMAT_VERSION}
     return (json.dumps(config, indent=2) + "\n").encode()
@@ -374,6 +477,45 @@ def _original_stream(cf: CompressedFile, check_crc: bool) -> Iterator[bytes | by
 # decompress and verify
 
 
+def _manifest_digest(doc: dict[str, object]) -> str:
+    """sha256 of the manifest's content without its own digest, in a canonical JSON form (docs/FORMAT.md §2)."""
+    body = {k: v for k, v in doc.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _bad_path(rel: object) -> bool:
+    if not isinstance(rel, str) or not rel or any(ord(ch) < 32 or ord(ch) == 127 for ch in rel):
+        return True  # control characters (a newline, a NUL) in a file name are corruption, not a model
+    parts = rel.split("/")
+    return rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts) or rel == spec.MANIFEST_NAME
+
+
+def _check_entry(path: Path, entry: object, seen: set[str]) -> dict[str, object]:
+    if not isinstance(entry, dict):
+        raise FormatError(f"{path}: bad manifest entry {entry!r}")
+    rel, size, digest = entry.get("path"), entry.get("size"), entry.get("sha256")
+    problem = None
+    if _bad_path(rel):
+        problem = "bad path"
+    elif rel in seen:
+        problem = "a path listed twice"
+    elif entry.get("kind") not in ("safetensors", "copy", "modified"):
+        problem = "unknown kind"
+    elif not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        problem = "bad size"
+    elif not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        problem = "bad sha256"
+    elif entry["kind"] == "modified" and not isinstance(entry.get("original_b64"), str):
+        problem = "no stored original"
+    if problem:
+        raise FormatError(f"{path}: bad manifest entry ({problem}): {json.dumps(entry)[:200]}")
+    seen.add(str(rel))
+    return entry
+
+
 def _load_manifest(root: Path) -> list[dict[str, object]]:
     path = root / spec.MANIFEST_NAME
     if not root.is_dir():
@@ -382,27 +524,28 @@ def _load_manifest(root: Path) -> list[dict[str, object]]:
         raise InputError(f"{root}: no such directory")
     if not path.is_file():
         raise FormatError(f"{root}: not a floatzip checkpoint (no {spec.MANIFEST_NAME})")
+    if path.stat().st_size > spec.MAX_MANIFEST_BYTES:
+        raise FormatError(
+            f"{path}: manifest of {path.stat().st_size} bytes, over the {spec.MAX_MANIFEST_BYTES} allowed"
+        )
     try:
         doc = json.loads(path.read_bytes())
         version = doc["format_version"]
         files = doc["files"]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise FormatError(f"{path}: bad manifest ({exc})") from None
-    if version not in spec.READ_VERSIONS:
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise FormatError(f"{path}: bad manifest ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if isinstance(version, bool) or version not in spec.READ_VERSIONS:
         raise VersionError(
-            f"{path}: floatzip format version {version} is not supported by this floatzip "
+            f"{path}: floatzip format version {str(version)[:20]} is not supported by this floatzip "
             f"(it reads versions {', '.join(map(str, spec.READ_VERSIONS))}); upgrade floatzip"
         )
-    for entry in files:
-        rel = entry.get("path") if isinstance(entry, dict) else None
-        if (
-            not isinstance(rel, str)
-            or entry.get("kind") not in ("safetensors", "copy", "modified")
-            or Path(rel).is_absolute()
-            or ".." in Path(rel).parts
-        ):
-            raise FormatError(f"{path}: bad manifest entry {entry!r}")
-    return list(files)
+    if not isinstance(files, list):
+        raise FormatError(f"{path}: bad manifest (files is not a list)")
+    # written since floatzip 0.2 (manifests of earlier checkpoints have none)
+    if "manifest_sha256" in doc and doc["manifest_sha256"] != _manifest_digest(doc):
+        raise IntegrityError(f"{path}: the manifest is corrupt (its sha256 does not match)")
+    seen: set[str] = set()
+    return [_check_entry(path, entry, seen) for entry in files]
 
 
 def _restore(root: Path, entry: dict[str, object], bar: tqdm) -> Iterator[bytes | bytearray | memoryview]:
@@ -411,12 +554,18 @@ def _restore(root: Path, entry: dict[str, object], bar: tqdm) -> Iterator[bytes 
     stored = root / rel
     if entry["kind"] == "modified":
         try:
-            yield base64.b64decode(str(entry["original_b64"]), validate=True)
+            original = base64.b64decode(str(entry["original_b64"]), validate=True)
         except (KeyError, ValueError):
             raise FormatError(f"{root / spec.MANIFEST_NAME}: bad stored original of {rel}") from None
+        # what the loader reads is the stored file: it must be the original plus floatzip's one change
+        _check_regular(stored, root, _allowed_roots(root), "the checkpoint", FormatError)
+        if stored.stat().st_size > spec.MAX_MANIFEST_BYTES or not _config_matches(stored.read_bytes(), original):
+            raise IntegrityError(f"{stored}: differs from the original {rel} with floatzip's quantization_config")
+        yield original
         return
-    if not stored.is_file():
+    if not stored.exists() and not stored.is_symlink():
         raise FormatError(f"{stored}: missing from the checkpoint")
+    _check_regular(stored, root, _allowed_roots(root), "the checkpoint", FormatError)
     if entry["kind"] == "copy":
         with stored.open("rb") as f:
             while chunk := f.read(_COPY_CHUNK):
@@ -431,7 +580,7 @@ def _verify_dir(root: Path, out: Path | None, *, progress: bool) -> CheckpointRe
     files = _load_manifest(root)
     report = CheckpointReport(root, out)
     start = time.perf_counter()
-    total = sum(int(str(e.get("size", 0))) for e in files if e["kind"] == "safetensors")
+    total = sum(int(str(e["size"])) for e in files if e["kind"] == "safetensors")
     with _progress(total, "decompress" if out else "verify", progress) as bar:
         for entry in files:
             rel = str(entry["path"])
@@ -489,5 +638,6 @@ __all__ = [
     "open_compressed",
     "read_blob",
     "read_compressed_file",
+    "staging_prefix",
     "verify_checkpoint",
 ]

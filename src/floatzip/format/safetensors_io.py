@@ -166,8 +166,15 @@ class StreamingWriter:
 
 
 def iter_files(root: Path) -> Iterator[Path]:
-    """Regular files below ``root`` in a stable order, skipping hidden directories (.git, .cache)."""
+    """Files below ``root`` in a stable order, skipping hidden directories (.git, .cache). Linked
+    directories are followed, each real directory once (a link to an ancestor does not loop)."""
+    seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fn in sorted(filenames):
             yield Path(dirpath) / fn

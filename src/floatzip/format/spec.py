@@ -31,6 +31,7 @@ LANE_SYMBOLS = 1024  # the default symbols per lane (steps = LANE_SYMBOLS / elem
 MIN_ENCODED_NUMEL = 4096
 
 MANIFEST_NAME = "floatzip.json"
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest (or a config.json it restores) larger than this is refused
 META_VERSION = "floatzip.format_version"
 META_ENCODED = "floatzip.encoded"
 META_ORIGINAL_HEADER = "floatzip.original_header"
