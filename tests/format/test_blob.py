@@ -96,6 +96,15 @@ def test_each_header_field_is_checked(blob: bytes, offset: int, value: int, mess
         floatzip.CompressedTensor.from_bytes(with_crc(b), "w.bin")
 
 
+def test_an_empty_shape_with_a_huge_dimension_is_refused() -> None:
+    # (0, 2^63): numel 0 matches, but no tensor of that shape can be made, even empty
+    b = bytearray(floatzip.compress_tensor(torch.empty((0, 5), dtype=torch.bfloat16)).to_bytes())
+    assert struct.unpack_from("<QQ", b, 56) == (0, 5)
+    struct.pack_into("<Q", b, 64, 1 << 63)
+    with pytest.raises(FormatError, match="a dimension of the shape is too large"):
+        floatzip.CompressedTensor.from_bytes(with_crc(b), "w.bin")
+
+
 def test_fuzz_random_flips_and_truncations_raise_only_floatzip_errors(blob: bytes) -> None:
     """Flips with the CRC fixed up reach the structural checks and the decoders' own bounds checks; the CPU
     decoder, the reference and the GPU kernel's code (emulated) must agree on what decodes."""

@@ -4,12 +4,15 @@ Every attack is built here; each must end in one floatzip error (or be refused u
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import threading
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -250,3 +253,43 @@ def test_the_cli_says_one_line_for_each(compressed: Path, tmp_path: Path, argv: 
     proc = subprocess.run([*launcher, *cmd, "-q"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "bad size" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- bombs in the container's metadata -----------------------------------------------------------
+
+
+def rewrite_header(path: Path, change: Callable[[dict], None]) -> None:
+    """Rewrite a safetensors file's header JSON in place (the data area unchanged)."""
+    data = path.read_bytes()
+    n = struct.unpack_from("<Q", data)[0]
+    doc = json.loads(data[8 : 8 + n])
+    change(doc)
+    raw = json.dumps(doc).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+
+
+def test_a_zlib_bomb_in_the_original_header_stops_at_the_cap(compressed: Path) -> None:
+    bomb = base64.b64encode(zlib.compress(b" " * (150 << 20), 9)).decode()  # 150 MB in ~150 KB
+    rewrite_header(
+        compressed / "model.safetensors", lambda d: d["__metadata__"].update({spec.META_ORIGINAL_HEADER: bomb})
+    )
+    with pytest.raises(FormatError, match="over 104857600 bytes"):
+        verify_checkpoint(compressed)
+
+
+def test_an_original_header_with_more_tensors_than_the_file_is_not_parsed(compressed: Path) -> None:
+    many = {f"t{i}": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]} for i in range(100_000)}
+    blob = base64.b64encode(zlib.compress(json.dumps(many).encode(), 9)).decode()
+    rewrite_header(
+        compressed / "model.safetensors", lambda d: d["__metadata__"].update({spec.META_ORIGINAL_HEADER: blob})
+    )
+    with pytest.raises(FormatError, match="lists more tensors than the file"):
+        verify_checkpoint(compressed)
+
+
+def test_a_header_nested_100000_deep_is_one_error(compressed: Path) -> None:
+    path = compressed / "model.safetensors"
+    raw = b"[" * 100_000 + b"]" * 100_000
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(FormatError, match="nests too deep"):
+        verify_checkpoint(compressed)

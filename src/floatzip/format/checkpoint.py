@@ -34,6 +34,7 @@ from floatzip.errors import FloatzipError, FormatError, InputError, IntegrityErr
 from floatzip.format import spec
 from floatzip.format.blob import CompressedTensor
 from floatzip.format.safetensors_io import (
+    MAX_HEADER_BYTES,
     Entry,
     Header,
     StreamingWriter,
@@ -401,11 +402,19 @@ def open_compressed(path: Path) -> CompressedFile:
             f"{path}: floatzip format version {meta[spec.META_VERSION]} is not supported by this floatzip "
             f"(it reads versions {', '.join(map(str, spec.READ_VERSIONS))}); upgrade floatzip"
         )
+    # inflated within the safetensors header cap (a zlib bomb stops there), and holding no more tensors than
+    # this file (checked before it is parsed, so that a crafted one cannot make millions of objects)
+    limit = MAX_HEADER_BYTES
     try:
         encoded = json.loads(meta[spec.META_ENCODED])
-        original_raw = zlib.decompress(base64.b64decode(meta[spec.META_ORIGINAL_HEADER], validate=True))
-    except (KeyError, ValueError, zlib.error) as exc:
-        raise FormatError(f"{path}: bad floatzip metadata ({exc})") from None
+        inflate = zlib.decompressobj()
+        original_raw = inflate.decompress(base64.b64decode(meta[spec.META_ORIGINAL_HEADER], validate=True), limit)
+    except (KeyError, ValueError, zlib.error, RecursionError) as exc:
+        raise FormatError(f"{path}: bad floatzip metadata ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if inflate.unconsumed_tail or not inflate.eof:
+        raise FormatError(f"{path}: bad floatzip metadata (the original header is truncated or over {limit} bytes)")
+    if original_raw.count(b'"data_offsets"') > len(header.entries):
+        raise FormatError(f"{path}: bad floatzip metadata (the original header lists more tensors than the file)")
     if not isinstance(encoded, list) or not all(isinstance(n, str) for n in encoded):
         raise FormatError(f"{path}: bad floatzip metadata (encoded names)")
     original = parse_header(original_raw, f"{path} (original header)")

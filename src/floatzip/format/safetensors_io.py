@@ -57,6 +57,8 @@ def parse_header(raw: bytes, where: str, data_size: int | None = None) -> Header
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"{where}: not a safetensors file (its header is not valid JSON: {exc.args[0]})") from None
+    except RecursionError:
+        raise FormatError(f"{where}: not a safetensors file (its header nests too deep)") from None
     if not isinstance(doc, dict):
         raise FormatError(f"{where}: not a safetensors file (its header is not a JSON object)")
     metadata = doc.pop("__metadata__", None) or {}

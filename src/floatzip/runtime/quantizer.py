@@ -100,7 +100,9 @@ def _header_guess(t: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype] | None
     if layout is None or ndim > spec.MAX_NDIM or len(head) < fixed + 8 * ndim:
         return None
     shape = struct.unpack_from(f"<{ndim}Q", head, fixed)
-    if math.prod(shape) > 1 << 34:
+    # a real blob holds at least a bit per weight: a header claiming far more weights than its bytes could
+    # is corrupt, and its shape must not size even a placeholder (a 32 GiB one was once attempted)
+    if math.prod(shape) > 8 * t.numel():
         return None
     return tuple(int(s) for s in shape), layout.torch_dtype
 

@@ -89,6 +89,9 @@ BlobInfo parse_v2(const uint8_t* p, size_t len, bool check_crc) {
   bool zero_dim = false;
   for (int i = 0; i < b.ndim; ++i) {
     b.shape[i] = rd64(p + HEADER_FIXED + 8 * i);
+    // every dimension bounded, a zero one beside it or not (a shape of (0, 2^64 - 1) is no tensor anyone
+    // can allocate, even empty)
+    if (b.shape[i] > (uint64_t(1) << 62)) bad("a dimension of the shape is too large");
     if (b.shape[i] == 0) zero_dim = true;
     if (!zero_dim) {
       prod *= b.shape[i];
