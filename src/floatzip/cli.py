@@ -56,7 +56,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     r = convert_df11(args.src, args.dst, model_config=args.model_config, steps=args.steps,
                      progress=not args.quiet)  # fmt: skip
-    print(f"converted DF11 {args.src} -> floatzip {args.dst}, bit for bit")
+    print(f"converted DF11 {args.src} -> floatzip {args.dst}: the weights DF11 stores, bit for bit")
+    print("  (DF11 keeps no checksums: a corrupt DF11 file is caught only where its codes do not decode; the")
+    print("  floatzip checkpoint carries checksums from here on)")
     print(_table([
         ("weights", f"{r.weights_decoded} decoded from DF11 ({r.files} files written)"),
         ("BF16", f"{_size(r.bf16_bytes)} of tensors"),

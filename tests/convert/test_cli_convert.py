@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,62 @@ def test_crafted_layout_is_one_line_never_a_crash(
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["df11"]
+
+
+def _edit_config(src: Path, edit: Callable[[dict], None]) -> None:
+    cfg = json.loads((src / "config.json").read_text())
+    edit(cfg)
+    (src / "config.json").write_text(json.dumps(cfg))
+
+
+def _prepend_pattern(pattern: str) -> Callable[[dict], None]:
+    def edit(cfg: dict) -> None:
+        cfg["dfloat11_config"]["pattern_dict"] = {pattern: [], **cfg["dfloat11_config"]["pattern_dict"]}
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_prepend_pattern("model\\.layers\\.("), "invalid pattern"),
+        (_prepend_pattern("x" * 2000), "a pattern of 2000 characters"),
+        (lambda cfg: cfg.update(num_attention_heads=0), "a config transformers cannot read"),
+    ],
+    ids=["bad-regex", "long-regex", "zero-heads"],
+)
+def test_crafted_config_is_one_line(
+    tiny_df11: Df11Fixture,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    edit: Callable[[dict], None],
+    message: str,
+) -> None:
+    src = tmp_path / "df11"
+    shutil.copytree(tiny_df11.published, src)
+    _edit_config(src, edit)
+    code, out, err = run(capsys, "convert", str(src), str(tmp_path / "fz"), "-q")
+    assert code == 2 and out == "" and err.count("\n") == 1 and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["df11"]
+
+
+def test_a_pattern_that_backtracks_catastrophically_does_not_hang(
+    tiny_df11: Df11Fixture, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Python's re takes ~7 s for this on "model.layers.0" and exponentially longer with each nesting level
+    src = tmp_path / "df11"
+    shutil.copytree(tiny_df11.published, src)
+    _edit_config(src, _prepend_pattern("(?:(?:(?:(?:[\\w.]+)+)+)+)+!"))
+    start = time.perf_counter()
+    code, _, err = run(capsys, "convert", str(src), str(tmp_path / "fz"), "-q")
+    assert code == 0, err
+    assert time.perf_counter() - start < 60
+
+
+def test_a_pattern_past_its_time_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from floatzip.convert import df11
+    from floatzip.errors import FormatError
+
+    monkeypatch.setattr(df11, "_PATTERN_TIMEOUT_S", 0)
+    with pytest.raises(FormatError, match="catastrophic backtracking"):
+        df11._matching_pattern(["(?:\\w|\\.)+"], "model.layers.0", "config.json")

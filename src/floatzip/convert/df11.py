@@ -23,10 +23,9 @@ import contextlib
 import io
 import json
 import os
-import re
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -192,7 +191,42 @@ def _df11_config(doc: Mapping[str, Any], where: Path) -> Df11Config:
     if isinstance(tpb, bool) or isinstance(bpt, bool) or not (1 <= tpb <= 1 << 20) or not (4 <= bpt <= 1 << 21):
         raise FormatError(f"{where}: unsupported {CONFIG_KEY} layout (threads_per_block={tpb}, bytes_per_thread={bpt}; "
                           "DFloat11 writes 512 and 8)")  # fmt: skip
+    for p in patterns:
+        _compile_pattern(str(p), where)
     return Df11Config(version, tpb, bpt, {str(k): list(v) for k, v in patterns.items()})
+
+
+# pattern_dict's keys are regular expressions from an untrusted file, matched against module names: with
+# the `regex` package (transformers' own dependency), which can stop a catastrophic one after a timeout
+_PATTERN_TIMEOUT_S = 1.0
+_MAX_PATTERN_CHARS = 1000
+
+
+def _compile_pattern(pattern: str, where: Path | str) -> Any:
+    import regex
+
+    if len(pattern) > _MAX_PATTERN_CHARS:
+        raise FormatError(f"{where}: {CONFIG_KEY}.pattern_dict has a pattern of {len(pattern)} characters")
+    try:
+        return regex.compile(pattern)
+    except (regex.error, RecursionError, OverflowError) as exc:
+        shown = pattern[:100]
+        raise FormatError(f"{where}: {CONFIG_KEY}.pattern_dict has an invalid pattern {shown!r} ({exc})") from None
+
+
+def _matching_pattern(patterns: Iterable[str], name: str, where: str) -> str | None:
+    """The first pattern that matches all of ``name``, within the timeout."""
+    for p in patterns:
+        try:
+            if _compile_pattern(p, where).fullmatch(name, timeout=_PATTERN_TIMEOUT_S):
+                return p
+        except TimeoutError:
+            shown = p[:100]
+            raise FormatError(
+                f"{where}: {CONFIG_KEY}.pattern_dict pattern {shown!r} takes over {_PATTERN_TIMEOUT_S:g} s "
+                f"to match {name!r} (catastrophic backtracking)"
+            ) from None
+    return None
 
 
 def _scan_file(path: Path, root: Path) -> _File:
@@ -280,6 +314,9 @@ def _skeleton(arch: Mapping[str, Any] | None, where: Path) -> torch.nn.Module:
         config = transformers.AutoConfig.for_model(d.pop("model_type"), **d)
     except (ValueError, KeyError) as exc:
         raise FormatError(f"{where}: transformers does not know this architecture ({exc})") from None
+    except (ArithmeticError, TypeError, AttributeError, IndexError) as exc:
+        why = f"{type(exc).__name__}: {str(exc)[:200]}"
+        raise FormatError(f"{where}: a config transformers cannot read ({why})") from None
     names = list(getattr(config, "architectures", None) or [])
     classes: list[Any] = [getattr(transformers, n) for n in names if hasattr(transformers, n)]
     classes += [transformers.AutoModelForCausalLM, transformers.AutoModel]
@@ -293,12 +330,16 @@ def _skeleton(arch: Mapping[str, Any] | None, where: Path) -> torch.nn.Module:
                 return model
             except ValueError:  # an Auto class that does not cover this config
                 continue
+            except (ArithmeticError, TypeError, KeyError, AttributeError, IndexError, RuntimeError) as exc:
+                # a config transformers accepts but cannot build (num_attention_heads 0: a ZeroDivisionError)
+                raise FormatError(f"{where}: transformers cannot build the model from its config "
+                                  f"({type(exc).__name__}: {str(exc)[:200]})") from None  # fmt: skip
     raise FormatError(f"{where}: transformers cannot build a {names or arch.get('model_type')} model")
 
 
 def _block_weights(model: torch.nn.Module, config: Df11Config, prefix: str, where: str) -> _Weights:
     """(name, shape) of the weights a block concatenates, in DF11's order."""
-    pattern = next((p for p in config.pattern_dict if re.fullmatch(p, prefix)), None)
+    pattern = _matching_pattern(config.pattern_dict, prefix, where)
     if pattern is None:
         raise FormatError(f"{where}: DF11 block {prefix!r} matches no pattern of {CONFIG_KEY}.pattern_dict")
     try:
