@@ -293,3 +293,19 @@ def test_a_header_nested_100000_deep_is_one_error(compressed: Path) -> None:
     path.write_bytes(struct.pack("<Q", len(raw)) + raw)
     with pytest.raises(FormatError, match="nests too deep"):
         verify_checkpoint(compressed)
+
+
+def test_too_many_tensors_for_one_header_names_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a million tiny tensors once made a header floatzip's own reader then refused, naming a temporary file;
+    # the same limit, scaled down, is now checked before writing and names the source
+    import torch
+    from safetensors.torch import save_file
+
+    from floatzip.format import safetensors_io
+
+    src = tmp_path / "many.safetensors"
+    save_file({f"t{i}": torch.zeros(2) for i in range(300)}, src)
+    monkeypatch.setattr(safetensors_io, "MAX_HEADER_BYTES", 20_000)
+    with pytest.raises(InputError, match=r"many\.safetensors: 300 tensors need a safetensors header"):
+        compress_checkpoint(src, tmp_path / "c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["many.safetensors"]

@@ -242,7 +242,7 @@ def _compress_file(src: Path, dst: Path, rel: str, report: CheckpointReport, bar
     }
     encoded: list[str] = []
     with src.open("rb") as fin, dst.open("wb") as fout:
-        writer = StreamingWriter(fout, planned, meta)
+        writer = StreamingWriter(fout, planned, meta, where=str(src))
         for e in header.entries:
             data = read_range(fin, header.data_start + e.begin, e.nbytes, str(src))
             stored: bytes | bytearray = data

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from floatzip.errors import FormatError
+from floatzip.errors import FormatError, InputError
 from floatzip.format.spec import SAFETENSORS_ITEMSIZE
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own cap
@@ -129,14 +129,23 @@ class StreamingWriter:
     tensors are appended as they come, and the header is written last, padded with spaces.
     """
 
-    def __init__(self, f: BinaryIO, planned: list[tuple[str, str, int]], metadata: dict[str, str]) -> None:
-        """``planned`` lists (name, dtype, ndim) of every tensor that may be written, in any order."""
+    def __init__(
+        self, f: BinaryIO, planned: list[tuple[str, str, int]], metadata: dict[str, str], where: str = "output"
+    ) -> None:
+        """``planned`` lists (name, dtype, ndim) of every tensor that may be written, in any order. A header
+        that could outgrow what safetensors readers accept is refused (InputError naming ``where``) before
+        anything is written."""
         widest = 10**19
         probe: dict[str, dict[str, object]] = {
             n: {"dtype": d, "shape": [widest] * max(nd, 1), "data_offsets": [widest, widest]} for n, d, nd in planned
         }
         self._room = len(self._encode(probe, metadata)) + 8
         self._room += -(8 + self._room) % 8
+        if self._room > MAX_HEADER_BYTES:
+            raise InputError(
+                f"{where}: {len(planned)} tensors need a safetensors header of up to {self._room} bytes, over the "
+                f"{MAX_HEADER_BYTES} that safetensors readers accept; split it into several files"
+            )
         self._f = f
         self._entries: dict[str, dict[str, object]] = {}
         self._pos = 0
