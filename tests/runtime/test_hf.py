@@ -234,3 +234,89 @@ def test_cli_compressed_checkpoint_loads(tiny_models: dict[str, Fixture], tmp_pa
     ids = token_ids()
     with torch.no_grad():
         assert torch.equal(_load(fx.original)(ids).logits, _load(out)(ids).logits)
+
+
+def _rewrite(path: Path, change: object) -> None:
+    """Rewrite the safetensors header JSON of ``path`` (data area unchanged) with ``change(doc)``."""
+    import struct as _struct
+
+    data = path.read_bytes()
+    n = _struct.unpack_from("<Q", data)[0]
+    doc = json.loads(data[8 : 8 + n])
+    change(doc)  # type: ignore[operator]
+    raw = json.dumps(doc).encode()
+    raw += b" " * (-(8 + len(raw)) % 8)
+    path.write_bytes(_struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+
+
+def test_a_flipped_byte_in_a_plain_tensor_refuses_to_load(tiny_models: dict[str, Fixture], tmp_path: Path) -> None:
+    # plain (unencoded) tensors carry a checksum too: this flip once changed the logits by 1.6e36, silently
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_models["llama"].compressed, bad)
+    path = bad / "model.safetensors"
+    header = read_header(path)
+    e = header.by_name()["model.norm.weight"]
+    data = bytearray(path.read_bytes())
+    data[header.data_start + e.begin + 3] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"model\.norm\.weight'?: checksum mismatch"):
+        _load(bad)
+
+
+def test_swapped_blobs_refuse_to_load(tiny_models: dict[str, Fixture], tmp_path: Path) -> None:
+    # two same-shape blobs under each other's names: each blob is sound, only the names are wrong
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_models["llama"].compressed, bad)
+    a, b = "model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.gate_proj.weight"
+
+    def swap(doc: dict) -> None:
+        doc[a], doc[b] = doc[b], doc[a]
+
+    _rewrite(bad / "model.safetensors", swap)
+    with pytest.raises(IntegrityError, match="stored under the wrong name"):
+        _load(bad)
+
+
+def test_a_plain_tensor_with_a_changed_dtype_refuses_to_load(tiny_models: dict[str, Fixture], tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_models["llama"].compressed, bad)
+    _rewrite(bad / "model.safetensors", lambda doc: doc["model.norm.weight"].update(dtype="F16"))
+    with pytest.raises(FormatError, match=r"model\.norm\.weight' differs from the original header"):
+        _load(bad)
+
+
+def test_random_bit_flips_never_load_as_a_different_model(tiny_models: dict[str, Fixture], tmp_path: Path) -> None:
+    # of 150 random flips, 11 once loaded with different logits: now a flip loads only where it changes nothing
+    # (the header's padding), and every other one raises
+    import shutil
+
+    import numpy as np
+
+    fx = tiny_models["llama"]
+    ids = token_ids()
+    with torch.no_grad():
+        expect = _load(fx.compressed)(ids).logits
+    pristine = (fx.compressed / "model.safetensors").read_bytes()
+    rng = np.random.default_rng(5)
+    outcomes = {"raised": 0, "same": 0}
+    bad = tmp_path / "bad"
+    shutil.copytree(fx.compressed, bad)
+    for _ in range(40):
+        data = bytearray(pristine)
+        data[int(rng.integers(8, len(data)))] ^= 1 << int(rng.integers(0, 8))
+        (bad / "model.safetensors").write_bytes(bytes(data))
+        try:
+            model = _load(bad)
+        except Exception:
+            outcomes["raised"] += 1
+            continue
+        with torch.no_grad():
+            assert torch.equal(model(ids).logits, expect)
+        outcomes["same"] += 1
+    assert outcomes["raised"] >= 30, outcomes

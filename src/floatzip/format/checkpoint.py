@@ -19,7 +19,7 @@ import stat
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +28,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
+from floatzip import _core
 from floatzip.codec.encode import compress_words
 from floatzip.decode import decode_words
 from floatzip.errors import FloatzipError, FormatError, InputError, IntegrityError, VersionError
@@ -239,24 +240,30 @@ def _compress_file(src: Path, dst: Path, rel: str, report: CheckpointReport, bar
         spec.META_VERSION: str(spec.FORMAT_VERSION),
         spec.META_ENCODED: json.dumps([e.name for e in candidates]),
         spec.META_ORIGINAL_HEADER: base64.b64encode(zlib.compress(header.raw, 9)).decode(),
+        # room for the widest value of each: the real ones are known only once the tensors are read
+        spec.META_CRC32C: json.dumps({e.name: 0xFFFFFFFF for e in header.entries}),
     }
     encoded: list[str] = []
+    crcs: dict[str, int] = {}
     with src.open("rb") as fin, dst.open("wb") as fout:
         writer = StreamingWriter(fout, planned, meta, where=str(src))
         for e in header.entries:
             data = read_range(fin, header.data_start + e.begin, e.nbytes, str(src))
             stored: bytes | bytearray = data
+            crc = None
             if _should_encode(e):
                 layout = spec.LAYOUT_BY_NAME[e.dtype]
-                blob = compress_words(_words(e, data), layout, e.shape, steps=steps).to_bytes()
-                if len(blob) < len(data):
-                    stored = blob
+                ct = compress_words(_words(e, data), layout, e.shape, steps=steps)
+                crc = ct.data_crc32  # a v2 blob's: CRC-32C of the original bytes
+                if ct.nbytes < len(data):
+                    stored = ct.to_bytes()
                     encoded.append(e.name)
+            crcs[e.name] = _core.crc32c(data) if crc is None else crc
             is_blob = stored is not data
             writer.add(e.name, "U8" if is_blob else e.dtype, (len(stored),) if is_blob else e.shape, stored)
             report.tensors.append(TensorReport(rel, e.name, e.dtype, e.shape, e.nbytes, len(stored), is_blob))
             bar.update(e.nbytes)
-        writer.finish({**meta, spec.META_ENCODED: json.dumps(encoded)})
+        writer.finish({**meta, spec.META_ENCODED: json.dumps(encoded), spec.META_CRC32C: json.dumps(crcs)})
 
 
 class CheckpointBuilder:
@@ -389,6 +396,7 @@ class CompressedFile:
     header: Header
     original: Header
     encoded: frozenset[str]
+    crcs: dict[str, int] | None = None  # by name, CRC-32C of each tensor's original bytes (none in older files)
 
 
 def open_compressed(path: Path) -> CompressedFile:
@@ -428,7 +436,43 @@ def open_compressed(path: Path) -> CompressedFile:
                 raise FormatError(f"{path}: tensor {name!r} is listed as encoded but is not a blob")
         elif (e.dtype, e.shape) != (o.dtype, o.shape):
             raise FormatError(f"{path}: tensor {name!r} differs from the original header")
-    return CompressedFile(path, header, original, frozenset(encoded))
+    crcs = _crc_map(meta, ours.keys(), path)
+    return CompressedFile(path, header, original, frozenset(encoded), crcs)
+
+
+def _crc_map(meta: dict[str, str], names: Iterable[str], path: Path) -> dict[str, int] | None:
+    if spec.META_CRC32C not in meta:
+        return None  # written before floatzip kept per-tensor checksums
+    try:
+        crcs = json.loads(meta[spec.META_CRC32C])
+    except (ValueError, RecursionError):
+        crcs = None
+    if (
+        not isinstance(crcs, dict)
+        or crcs.keys() != set(names)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 32 for v in crcs.values())
+    ):
+        raise FormatError(f"{path}: bad floatzip metadata ({spec.META_CRC32C})")
+    return crcs
+
+
+def check_stored_tensors(cf: CompressedFile, f: io.BufferedIOBase) -> None:
+    """Check every tensor of ``cf`` against its stored checksum without decoding: a plain tensor's bytes,
+    a blob's own record of its original bytes (so that a blob stored under another tensor's name is caught).
+    What a loader runs before it uses the file; nothing to check in files written before the checksums."""
+    if cf.crcs is None:
+        return
+    for e in cf.header.entries:
+        where = f"{cf.path}: tensor {e.name!r}"
+        if e.name in cf.encoded:
+            head = read_range(f, cf.header.data_start + e.begin, min(e.nbytes, spec.V2_HEADER_FIXED), str(cf.path))
+            if len(head) < spec.V2_HEADER_FIXED or head[:4] != spec.BLOB_MAGIC or head[4:6] != b"\x02\x00":
+                raise FormatError(f"{where}: not a version 2 floatzip blob")
+            crc = int.from_bytes(head[48:52], "little")
+        else:
+            crc = _core.crc32c(read_range(f, cf.header.data_start + e.begin, e.nbytes, str(cf.path)))
+        if crc != cf.crcs[e.name]:
+            raise IntegrityError(f"{where}: checksum mismatch (corrupt, or stored under the wrong name)")
 
 
 def read_blob(cf: CompressedFile, f: io.BufferedIOBase, name: str) -> CompressedTensor:
@@ -450,6 +494,7 @@ def read_compressed_file(path: str | Path) -> dict[str, CompressedTensor | torch
     cf = open_compressed(path)
     out: dict[str, CompressedTensor | torch.Tensor] = {}
     with path.open("rb") as f:
+        check_stored_tensors(cf, f)
         for name in cf.encoded:
             out[name] = read_blob(cf, f, name)
     plain = [n for n in cf.header.by_name() if n not in cf.encoded]
@@ -469,8 +514,13 @@ def _original_stream(cf: CompressedFile, check_crc: bool) -> Iterator[bytes | by
     ours = cf.header.by_name()
     with cf.path.open("rb") as f:
         for o in cf.original.entries:
+            wrong = IntegrityError(
+                f"{cf.path}: tensor {o.name!r}: checksum mismatch (corrupt, or stored under the wrong name)"
+            )
             if o.name in cf.encoded:
                 ct = read_blob(cf, f, o.name)
+                if cf.crcs is not None and ct.data_crc32 != cf.crcs[o.name]:
+                    raise wrong
                 words = np.empty(ct.numel, dtype=np.dtype(f"<u{ct.layout.nbytes}"))
                 try:
                     decode_words(ct, words, verify=check_crc)
@@ -479,7 +529,10 @@ def _original_stream(cf: CompressedFile, check_crc: bool) -> Iterator[bytes | by
                 yield memoryview(words.view(np.uint8).data)
             else:
                 e = ours[o.name]
-                yield read_range(f, cf.header.data_start + e.begin, e.nbytes, str(cf.path))
+                data = read_range(f, cf.header.data_start + e.begin, e.nbytes, str(cf.path))
+                if cf.crcs is not None and _core.crc32c(data) != cf.crcs[o.name]:
+                    raise wrong
+                yield data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,6 +694,7 @@ __all__ = [
     "CompressedFile",
     "TensorReport",
     "build_checkpoint",
+    "check_stored_tensors",
     "compress_checkpoint",
     "decompress_checkpoint",
     "is_floatzip_checkpoint",

@@ -35,6 +35,7 @@ MAX_MANIFEST_BYTES = 64 << 20  # a manifest (or a config.json it restores) large
 META_VERSION = "floatzip.format_version"
 META_ENCODED = "floatzip.encoded"
 META_ORIGINAL_HEADER = "floatzip.original_header"
+META_CRC32C = "floatzip.crc32c"  # JSON {name: CRC-32C of the tensor's original bytes}, every tensor
 QUANT_METHOD = "floatzip"
 
 

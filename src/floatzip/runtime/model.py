@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from floatzip.format.checkpoint import (
     compress_checkpoint,
     open_compressed,
     read_compressed_file,
+    staging_prefix,
 )
 from floatzip.runtime import blocks
 
@@ -85,9 +87,10 @@ def compress_model(
     A model already running from floatzip weights is saved decoded, then compressed again.
     """
     save_dir = Path(save_dir)
-    with tempfile.TemporaryDirectory(
-        prefix=".floatzip-save-", dir=save_dir.parent if save_dir.parent.is_dir() else None
-    ) as tmp:
+    beside = save_dir.parent if save_dir.parent.is_dir() else None
+    # named like the checkpoint's own staging, so that the next run removes it if this one is killed
+    with tempfile.TemporaryDirectory(prefix=f"{staging_prefix(save_dir)}{os.getpid()}-save-", suffix=".tmp",
+                                     dir=beside) as tmp:  # fmt: skip
         src = Path(tmp) / "model"
         if _is_hf_model(model):
             model.save_pretrained(src)  # type: ignore[operator]

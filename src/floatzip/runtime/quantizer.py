@@ -34,6 +34,7 @@ from floatzip.decode import decompress_tensor
 from floatzip.errors import FloatzipError, FormatError, InputError, VersionError
 from floatzip.format import spec
 from floatzip.format.blob import CompressedTensor
+from floatzip.format.checkpoint import check_stored_tensors, open_compressed
 from floatzip.format.safetensors_io import read_header
 from floatzip.runtime import _df11_guard, blocks
 
@@ -222,6 +223,12 @@ class FloatzipHfQuantizer(HfQuantizer):
                 continue
             self.source = str(path.parent)
             header = read_header(path)
+            if spec.META_VERSION in header.metadata:
+                # every stored tensor against its checksum before transformers reads any: plain ones by
+                # their bytes, blobs by their record of the original (their own CRCs are checked as parsed)
+                cf = open_compressed(path)
+                with path.open("rb") as fh:
+                    check_stored_tensors(cf, fh)
             encoded = json.loads(header.metadata.get(spec.META_ENCODED, "[]"))
             self.encoded.update(encoded)
             for e in header.entries:
