@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import floatzip
+from floatzip import _core
 from floatzip.decode import _nvrtc, cuda
 from floatzip.errors import IntegrityError
 
@@ -163,3 +164,12 @@ def test_gpu_decode_replays_in_a_cuda_graph() -> None:
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(bits(batch.views(buf)[0].cpu()), bits(t))
+
+
+def test_crc32c_of_chains_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the data CRC of GPU output is computed on the host a chunk at a time: chunks must chain to the whole
+    data = torch.randint(0, 256, (10_007,), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    whole = _core.crc32c(data.numpy().tobytes())
+    monkeypatch.setattr(cuda, "CRC_CHUNK", 1000)
+    assert cuda.crc32c_of(data) == whole
+    assert cuda.crc32c_of(data[:0]) == 0

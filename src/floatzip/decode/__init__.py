@@ -71,8 +71,8 @@ def decompress_tensor(
 
     ``device`` (default: ``out``'s device, else the CPU) picks the backend when ``backend="auto"``:
     ``cuda`` on CUDA devices (format v2), ``cpu`` elsewhere. ``out``, when given, is filled in place and
-    returned. ``verify`` checks the stored checksum of the decoded bytes on the CPU backends (the GPU
-    decoder checks every lane's length instead).
+    returned. ``verify`` checks the decoded bytes against the stored checksum (on the GPU the kernel checks
+    every lane's length, and the checksum is computed on the host afterwards).
     """
     import torch
 
@@ -86,7 +86,7 @@ def decompress_tensor(
     if backend == "cuda":
         from floatzip.decode import cuda as cuda_backend
 
-        return cuda_backend.decompress(ct, device=target, out=out)
+        return cuda_backend.decompress(ct, device=target, out=out, verify=verify)
     host = out if out is not None and out.device.type == "cpu" else torch.empty(ct.shape, dtype=ct.dtype)
     if ct.numel:
         words = host.view(-1).view(torch.uint8).numpy().view(_UINT_NP[ct.layout.nbytes])

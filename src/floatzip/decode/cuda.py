@@ -400,10 +400,28 @@ def decode_batch(batch: DeviceBatch, buffer: torch.Tensor) -> None:
         mod.launch(launch.kernel, launch.n_jobs, WARPS * 32, args, stream)
 
 
+CRC_CHUNK = 64 << 20
+"""Bytes of device memory copied to the host at a time by :func:`crc32c_of`."""
+
+
+def crc32c_of(flat: torch.Tensor) -> int:
+    """CRC-32C of the bytes of a flat uint8 tensor on any device, copied to the host ``CRC_CHUNK`` at a time
+    (the kernel checks that every lane ends where its length says; the data CRC is checked on the host)."""
+    crc = 0
+    for at in range(0, flat.numel(), CRC_CHUNK):
+        crc = _core.crc32c(flat[at : at + CRC_CHUNK].cpu().numpy(), crc)
+    return crc
+
+
 def decompress(
-    ct: CompressedTensor, device: torch.device | str | None = None, *, out: torch.Tensor | None = None
+    ct: CompressedTensor,
+    device: torch.device | str | None = None,
+    *,
+    out: torch.Tensor | None = None,
+    verify: bool = True,
 ) -> torch.Tensor:
-    """Decode one tensor on the GPU (allocates and synchronises; raises IntegrityError on corrupt data)."""
+    """Decode one tensor on the GPU (allocates and synchronises; raises IntegrityError on corrupt data).
+    ``verify`` also checks the decoded bytes against the stored CRC-32C (on the host: see :func:`crc32c_of`)."""
     import torch
 
     device = _device_of(out.device if out is not None else device)
@@ -412,6 +430,8 @@ def decompress(
     decode_batch(batch, buf)
     torch.cuda.current_stream(device).synchronize()
     batch.check()
+    if verify and crc32c_of(buf[: ct.original_nbytes]) != ct.data_crc32:
+        raise IntegrityError("the decoded tensor does not match its stored checksum (corrupt data)")
     result = batch.views(buf)[0]
     if out is not None:
         out.copy_(result)

@@ -223,7 +223,11 @@ class _CudaDecoder:
         self.device = device
         self.offloaded = offload
         self.emulated = emulated
-        hb = cuda.host_batch([_as_v2(ct) for ct in cts], out_align=ALIGN)
+        v2 = [_as_v2(ct) for ct in cts]
+        hb = cuda.host_batch(v2, out_align=ALIGN)
+        self.crcs = [ct.data_crc32 for ct in v2]
+        self.sizes = [ct.original_nbytes for ct in v2]
+        self.names: list[str] = [f"tensor {i} of the unit" for i in range(len(v2))]
         self.offsets = list(hb.offsets)
         self.nbytes = hb.nbytes
         self.host = hb if emulated else None
@@ -270,6 +274,17 @@ class _CudaDecoder:
         """Raise IntegrityError if the last decode met a corrupt stream (synchronises)."""
         if self.batch is not None and not self.offloaded:
             self.batch.check()
+
+    def verify(self, buffer: torch.Tensor) -> None:
+        """Decode once and check every tensor's bytes against its stored CRC-32C (the kernel itself checks
+        only that every lane ends where its length says): run at install, before the model can use the
+        weights. The decoded bytes go to the host in chunks (floatzip.decode.cuda.crc32c_of)."""
+        self.decode(buffer)
+        if self.batch is not None:
+            self.batch.check()
+        for i, (off, crc) in enumerate(zip(self.offsets, self.crcs, strict=True)):
+            if self._cuda.crc32c_of(buffer[off : off + self.sizes[i]]) != crc:
+                raise IntegrityError(f"{self.names[i]}: checksum mismatch after decoding (corrupt data)")
 
 
 def _as_v2(ct: CompressedTensor) -> CompressedTensor:
@@ -588,6 +603,14 @@ def install(
         need = max(unit.nbytes, 1)
         if size is None or size.numel() < need:
             rt.buffers[unit.device] = torch.empty(need, dtype=torch.uint8, device=unit.device)
+
+    checked: set[int] = set()
+    for unit in rt.units:  # the GPU kernel checks lane lengths, not data CRCs: each GPU unit is checked once, now
+        if isinstance(unit.decoder, _CudaDecoder) and id(unit.decoder) not in checked:
+            checked.add(id(unit.decoder))
+            for n in unit.params:
+                unit.decoder.names[rt.slots[n][1]] = f"tensor {n!r}"
+            unit.decoder.verify(rt.buffers[unit.device])
 
     for unit in rt.units:  # allocated now, so that the memory report is right before the first forward
         if isinstance(unit.decoder, _CpuOffloadDecoder):
