@@ -1,4 +1,4 @@
-"""`import floatzip` must stay light: no Triton, transformers, matplotlib or CUDA initialisation."""
+"""`import floatzip` must stay light: no Triton, transformers, diffusers, matplotlib or CUDA initialisation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 def test_import_floatzip_is_light() -> None:
     code = (
         "import sys, floatzip\n"
-        "heavy = [m for m in ('triton', 'transformers', 'matplotlib', 'accelerate') if m in sys.modules]\n"
+        "heavy = [m for m in ('triton', 'transformers', 'diffusers', 'matplotlib', 'accelerate') if m in sys.modules]\n"
         "import torch\n"
         "assert not torch.cuda.is_initialized()\n"
         "print(','.join(heavy))\n"

@@ -115,3 +115,39 @@ def test_units_never_nest() -> None:
 def test_find_blocks_uses_no_split_modules() -> None:
     assert find_blocks(_net()) == ["blocks.0", "blocks.1", "blocks.2"]
     assert find_blocks(nn.Sequential(nn.Linear(2, 2))) == []
+
+
+class Outer(nn.Module):
+    """Holds blocks and a weight of its own that its forward uses after them (a diffusion transformer's
+    ``scale_shift_table``)."""
+
+    _no_split_modules: ClassVar[list[str]] = ["Block"]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(64, 80))
+        self.proj = nn.Linear(64, 64, bias=False)
+        self.blocks = nn.ModuleList([Block() for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks:
+            x = b(x)
+        return self.proj(x) @ self.table
+
+
+def test_a_weight_of_a_module_holding_blocks_is_not_overwritten_by_them(tmp_path: Path) -> None:
+    # as a unit of its own, `table` (with `proj` merged in) was decoded before the blocks, which then reused
+    # the buffer under it: the output was silently wrong
+    torch.manual_seed(0)
+    net = Outer().to(torch.bfloat16)
+    compress_model(net, tmp_path / "fz")
+    with torch.device("meta"):
+        skeleton = Outer().to(torch.bfloat16)
+    loaded = load_model(skeleton, tmp_path / "fz", keep_compressed=True)
+    x = torch.randn(3, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(net(x).view(torch.int16), loaded(x).view(torch.int16))
+    rt = runtime_of(loaded)
+    assert rt is not None
+    assert [u.name for u in rt.units] == ["proj", "blocks.0", "blocks.1"]
+    assert not rt.is_view(loaded.table) and torch.equal(loaded.table, net.table)

@@ -290,7 +290,7 @@ class CheckpointBuilder:
             entry["kind"] = "safetensors"
             self._report.original_bytes += f.stat().st_size
             self._report.compressed_bytes += out.stat().st_size
-        elif rel == "config.json":
+        elif _is_model_config(rel, f):
             original = f.read_bytes()
             out.write_bytes(_with_quantization_config(original, f))
             entry["kind"] = "modified"
@@ -368,6 +368,12 @@ def _config_matches(stored: bytes, original: bytes) -> bool:
         and qc.get("format_version") in spec.READ_VERSIONS
         and json.dumps(ours, sort_keys=True) == json.dumps(theirs, sort_keys=True)  # NaN == NaN here
     )
+
+
+def _is_model_config(rel: str, f: Path) -> bool:
+    """The checkpoint's own config.json, or a component's (a diffusers pipeline's transformer/, vae/,
+    text_encoder/...): a config.json beside safetensors weights, which a loader reads to find floatzip."""
+    return rel == "config.json" or (Path(rel).name == "config.json" and any(f.parent.glob("*.safetensors")))
 
 
 def _with_quantization_config(original: bytes, path: Path) -> bytes:

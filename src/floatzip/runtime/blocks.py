@@ -365,6 +365,9 @@ class MemoryReport:
         """Resident weight memory over the uncompressed model's."""
         return self.resident_bytes / self.uncompressed_bytes if self.uncompressed_bytes else 1.0
 
+    def __str__(self) -> str:
+        return self.format()
+
     def format(self) -> str:
         mib = 1 << 20
         rows = [
@@ -550,8 +553,9 @@ def install(
     if target is not None and target.type == "cuda" and target.index is None:
         target = torch.device("cuda", torch.cuda.current_device())
     rt = FloatzipRuntime(backend, offload)
-    rt._sources = dict(compressed)
     block_names = list(find_blocks(model) if blocks is None else blocks)
+    compressed = _decode_outside_units(model, compressed, block_names, target, devices)
+    rt._sources = dict(compressed)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     grouped = dict(sorted(assign_units(compressed, block_names).items(), key=lambda kv: order.get(kv[0], len(order))))
 
@@ -640,6 +644,38 @@ def _move_rest(model: nn.Module, rt: FloatzipRuntime, device: torch.device) -> N
         for attr, b in list(module._buffers.items()):
             if b is not None and b.device != device:
                 module._buffers[attr] = b.to(device)
+
+
+def _holds_blocks(module_path: str, block_names: Sequence[str]) -> bool:
+    """Whether the module ``module_path`` strictly contains one of the blocks."""
+    return any(b.startswith(f"{module_path}.") for b in block_names) if module_path else bool(block_names)
+
+
+def _decode_outside_units(
+    model: nn.Module,
+    compressed: Mapping[str, CompressedTensor],
+    block_names: Sequence[str],
+    target: torch.device | None,
+    devices: Mapping[str, torch.device] | None,
+) -> dict[str, CompressedTensor]:
+    """Decode, once and for good, the parameters that a module holding blocks owns itself (a diffusion
+    transformer's ``scale_shift_table``, used by its forward after the blocks have run): as a unit it would
+    be decoded before its blocks, which then reuse the buffer under it. The rest, still compressed."""
+    kept: dict[str, CompressedTensor] = {}
+    decoded: dict[int, torch.Tensor] = {}
+    for name, ct in compressed.items():
+        module, attr = _slot(model, name)
+        if not _holds_blocks(name.rpartition(".")[0], block_names):
+            kept[name] = ct
+            continue
+        current = module._parameters[attr]
+        device = target or (torch.device(devices[name]) if devices is not None and name in devices else None)
+        if device is None:
+            device = current.device if current is not None and current.device.type != "meta" else torch.device("cpu")
+        if id(ct) not in decoded:
+            decoded[id(ct)] = decompress_tensor(ct).to(device)
+        module._parameters[attr] = nn.Parameter(decoded[id(ct)], requires_grad=False)
+    return kept
 
 
 def runtime_of(model: nn.Module) -> FloatzipRuntime | None:

@@ -19,26 +19,21 @@ transformers' quantizer registry exists. How a compressed checkpoint loads:
 
 from __future__ import annotations
 
-import json
 import math
 import struct
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from floatzip.codec.encode import compress_tensor
 from floatzip.decode import decompress_tensor
-from floatzip.errors import FloatzipError, FormatError, InputError, VersionError
+from floatzip.errors import FloatzipError, InputError, VersionError
 from floatzip.format import spec
 from floatzip.format.blob import CompressedTensor
-from floatzip.format.checkpoint import check_stored_tensors, open_compressed
-from floatzip.format.safetensors_io import read_header
 from floatzip.runtime import _df11_guard, blocks
-
-DEFAULT_RATIO = 0.7  # bytes of a blob per original byte, when the checkpoint's headers do not tell
+from floatzip.runtime.loading import LoadingMixin
+from floatzip.runtime.loading import is_blob as _is_blob
 
 
 class FloatzipConfig(QuantizationConfigMixin):
@@ -78,10 +73,6 @@ class FloatzipConfig(QuantizationConfigMixin):
 
     def get_loading_attributes(self) -> dict[str, Any]:
         return {"offload": self.offload, "backend": self.backend}
-
-
-def _is_blob(t: torch.Tensor) -> bool:
-    return t.dtype == torch.uint8 and t.dim() == 1
 
 
 def _decode_blob(t: torch.Tensor, where: str) -> torch.Tensor:
@@ -177,7 +168,7 @@ def _op_classes() -> tuple[type, type]:
     return _OPS["decode"], _OPS["identity"]
 
 
-class FloatzipHfQuantizer(HfQuantizer):
+class FloatzipHfQuantizer(LoadingMixin, HfQuantizer):
     """Loads floatzip checkpoints and runs them compressed, one block decoded at a time."""
 
     requires_calibration = False
@@ -186,12 +177,7 @@ class FloatzipHfQuantizer(HfQuantizer):
 
     def __init__(self, quantization_config: FloatzipConfig, **kwargs: Any) -> None:
         super().__init__(quantization_config, **kwargs)
-        self.expected: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-        self.candidates: set[str] = set()
-        self.errors: list[FloatzipError] = []
-        self.ratio = DEFAULT_RATIO
-        self.encoded: set[str] = set()
-        self.source = "checkpoint"
+        self.init_loading()
         self.target_device: torch.device | None = None
 
     # -- before loading ------------------------------------------------------------------
@@ -212,34 +198,8 @@ class FloatzipHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(
         self, model: torch.nn.Module, checkpoint_files: list[str] | None = None, **kwargs: Any
     ) -> torch.nn.Module:
-        for name, p in model.named_parameters(remove_duplicate=False):
-            self.expected[name] = (tuple(p.shape), p.dtype)
-            if spec.layout_for(p.dtype) is not None and p.numel() >= spec.MIN_ENCODED_NUMEL:
-                self.candidates.add(name)
-        blob_bytes = original_bytes = 0
-        for f in checkpoint_files or []:
-            path = Path(f)
-            if path.suffix != ".safetensors":
-                continue
-            self.source = str(path.parent)
-            header = read_header(path)
-            if spec.META_VERSION in header.metadata:
-                # every stored tensor against its checksum before transformers reads any: plain ones by
-                # their bytes, blobs by their record of the original (their own CRCs are checked as parsed)
-                cf = open_compressed(path)
-                with path.open("rb") as fh:
-                    check_stored_tensors(cf, fh)
-            encoded = json.loads(header.metadata.get(spec.META_ENCODED, "[]"))
-            self.encoded.update(encoded)
-            for e in header.entries:
-                if e.name in encoded:
-                    blob_bytes += e.nbytes
-        if self.encoded:
-            for name in self.encoded & self.candidates:
-                shape, dtype = self.expected[name]
-                original_bytes += math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-            if original_bytes and blob_bytes:
-                self.ratio = min(1.0, blob_bytes / original_bytes)
+        self.record_model(model)
+        self.read_checkpoints(checkpoint_files or [])
         return model
 
     def param_needs_quantization(self, model: torch.nn.Module, param_name: str, **kwargs: Any) -> bool:
@@ -265,52 +225,9 @@ class FloatzipHfQuantizer(HfQuantizer):
 
     # -- after loading -------------------------------------------------------------------
     def _process_model_after_weight_loading(self, model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
-        if self.errors:
-            raise self.errors[0]
-        compressed = self._compressed_params(model)
-        if compressed:
-            cfg = self.quantization_config
-            blocks.install(model, compressed, device=self.target_device, backend=cfg.backend, offload=cfg.offload)
+        cfg = self.quantization_config
+        self.install_runtime(model, device=self.target_device, backend=cfg.backend, offload=cfg.offload)
         return model
-
-    def _compressed_params(self, model: torch.nn.Module) -> dict[str, CompressedTensor]:
-        """Parse the blobs, compress the float weights that arrived decoded; by parameter name."""
-        by_id: dict[int, CompressedTensor | None] = {}
-        out: dict[str, CompressedTensor] = {}
-        for name, p in model.named_parameters(remove_duplicate=False):
-            if name not in self.candidates:
-                continue
-            key = id(p)
-            if key not in by_id:
-                by_id[key] = self._to_compressed(name, p)
-            ct = by_id[key]
-            if ct is not None:
-                out[name] = ct
-        return out
-
-    def _to_compressed(self, name: str, p: torch.Tensor) -> CompressedTensor | None:
-        shape, dtype = self.expected[name]
-        where = f"{self.source}: tensor {name!r}"
-        if p.device.type == "meta":
-            return None  # missing from the checkpoint: transformers reports it
-        if p.dtype == torch.uint8 and p.dim() == 1 and dtype != torch.uint8:
-            ct = CompressedTensor.from_bytes(p.detach().cpu().numpy(), where)
-        elif tuple(p.shape) != shape:
-            raise FormatError(f"{where}: holds shape {list(p.shape)}, the model needs {list(shape)}")
-        elif spec.layout_for(p.dtype) is not None:
-            ct = compress_tensor(p.detach())
-            if ct.nbytes >= ct.original_nbytes:
-                return None  # incompressible: keep it plain
-        else:
-            return None
-        if ct.shape != shape:
-            raise FormatError(f"{where}: the blob holds shape {list(ct.shape)}, the model needs {list(shape)}")
-        if ct.dtype != dtype:
-            raise InputError(
-                f"{where}: floatzip decodes this weight to {ct.dtype} exactly, but the model was built "
-                f"in {dtype}; load with dtype='auto' or the checkpoint's dtype"
-            )
-        return ct
 
     # -- the rest of the interface -------------------------------------------------------
     def is_serializable(self, safe_serialization: bool | None = None) -> bool:

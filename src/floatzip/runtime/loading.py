@@ -1,0 +1,177 @@
+"""What loading a floatzip checkpoint through a framework's quantizer API needs, whatever the framework.
+
+transformers (:mod:`floatzip.runtime.quantizer`) and diffusers (:mod:`floatzip.runtime.diffusers_quantizer`)
+hand a quantizer the model skeleton, then the checkpoint's tensors one by one, then the loaded model. This
+mixin holds what floatzip does at each step and imports neither framework:
+
+1. :meth:`record_model`: the shape and dtype every parameter must have, and which may arrive as blobs;
+2. :meth:`read_checkpoints`: every stored tensor of every file checked against its checksum before the
+   framework reads any (plain ones by their bytes, blobs by their record of the original); blob sizes, for
+   the memory estimates of ``device_map="auto"``;
+3. :meth:`install_runtime`: every blob parsed (its own CRC checked), its dtype and shape checked against
+   the parameter's, float weights that arrived decoded compressed in memory, and the block runtime
+   (:mod:`floatzip.runtime.blocks`) installed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from floatzip.codec.encode import compress_tensor
+from floatzip.errors import FloatzipError, FormatError, InputError
+from floatzip.format import spec
+from floatzip.format.blob import CompressedTensor
+from floatzip.format.checkpoint import check_stored_tensors, open_compressed
+from floatzip.format.safetensors_io import read_header
+from floatzip.runtime import blocks
+
+DEFAULT_RATIO = 0.7  # bytes of a blob per original byte, when the checkpoint's headers do not tell
+
+
+def is_blob(t: torch.Tensor) -> bool:
+    return t.dtype == torch.uint8 and t.dim() == 1
+
+
+class LoadingMixin:
+    """State and steps of one floatzip load; call :meth:`init_loading` from the quantizer's ``__init__``."""
+
+    expected: dict[str, tuple[tuple[int, ...], torch.dtype]]
+    candidates: set[str]
+    errors: list[FloatzipError]
+    ratio: float
+    encoded: set[str]
+    source: str
+    upcast: dict[str, torch.dtype]
+    buffers: dict[str, tuple[tuple[int, ...], torch.dtype]]
+
+    def init_loading(self) -> None:
+        self.expected = {}
+        self.candidates = set()
+        self.errors = []
+        self.ratio = DEFAULT_RATIO
+        self.encoded = set()
+        self.source = "checkpoint"
+        self.upcast = {}  # parameter -> the dtype the framework keeps it in (diffusers' fp32 modules)
+        self.buffers = {}  # float buffers saved with the weights (SD3's position table): decoded as they load
+
+    def record_model(self, model: torch.nn.Module) -> None:
+        for name, p in model.named_parameters(remove_duplicate=False):
+            self.expected[name] = (tuple(p.shape), p.dtype)
+            if spec.layout_for(p.dtype) is not None and p.numel() >= spec.MIN_ENCODED_NUMEL:
+                self.candidates.add(name)
+        for name, b in model.named_buffers(remove_duplicate=False):
+            if spec.layout_for(b.dtype) is not None and b.numel() >= spec.MIN_ENCODED_NUMEL:
+                self.buffers[name] = (tuple(b.shape), b.dtype)
+
+    def decoded_buffer(self, name: str, blob: torch.Tensor) -> torch.Tensor:
+        """A float buffer stored as a blob, decoded (and checked) as it arrives, in the dtype the model has."""
+        from floatzip.decode import decompress_tensor
+
+        where = f"{self.source}: tensor {name!r}"
+        ct = CompressedTensor.from_bytes(blob.detach().cpu().numpy(), where)
+        shape, dtype = self.buffers[name]
+        if ct.shape != shape:
+            raise FormatError(f"{where}: the blob holds shape {list(ct.shape)}, the model needs {list(shape)}")
+        return decompress_tensor(ct).to(device=blob.device, dtype=dtype)
+
+    def read_checkpoints(self, files: Iterable[str | Path]) -> None:
+        blob_bytes = original_bytes = 0
+        for f in files:
+            path = Path(f)
+            if path.suffix != ".safetensors":
+                continue
+            self.source = str(path.parent)
+            header = read_header(path)
+            if spec.META_VERSION in header.metadata:
+                cf = open_compressed(path)
+                with path.open("rb") as fh:
+                    check_stored_tensors(cf, fh)
+            encoded = json.loads(header.metadata.get(spec.META_ENCODED, "[]"))
+            self.encoded.update(encoded)
+            for e in header.entries:
+                if e.name in encoded:
+                    blob_bytes += e.nbytes
+        if self.encoded:
+            for name in self.encoded & self.candidates:
+                shape, dtype = self.expected[name]
+                original_bytes += math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+            if original_bytes and blob_bytes:
+                self.ratio = min(1.0, blob_bytes / original_bytes)
+
+    def install_runtime(
+        self, model: torch.nn.Module, *, device: torch.device | None, backend: str, offload: bool
+    ) -> None:
+        if self.errors:
+            raise self.errors[0]
+        compressed = self.compressed_params(model)
+        if compressed:
+            blocks.install(model, compressed, device=device, backend=backend, offload=offload)
+
+    def compressed_params(self, model: torch.nn.Module) -> dict[str, CompressedTensor]:
+        """Parse the blobs, compress the float weights that arrived decoded; by parameter name."""
+        by_id: dict[int, CompressedTensor | None] = {}
+        out: dict[str, CompressedTensor] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if name not in self.candidates:
+                continue
+            key = id(p)
+            if key not in by_id:
+                by_id[key] = self.to_compressed(model, name, p)
+            ct = by_id[key]
+            if ct is not None:
+                out[name] = ct
+        return out
+
+    def to_compressed(self, model: torch.nn.Module, name: str, p: torch.Tensor) -> CompressedTensor | None:
+        shape, dtype = self.expected[name]
+        where = f"{self.source}: tensor {name!r}"
+        if p.device.type == "meta":
+            return None  # missing from the checkpoint: the framework reports it
+        if is_blob(p) and dtype != torch.uint8:
+            ct = CompressedTensor.from_bytes(p.detach().cpu().numpy(), where)
+        elif tuple(p.shape) != shape:
+            raise FormatError(f"{where}: holds shape {list(p.shape)}, the model needs {list(shape)}")
+        elif spec.layout_for(p.dtype) is not None:
+            ct = compress_tensor(p.detach())
+            if ct.nbytes >= ct.original_nbytes:
+                return None  # incompressible: keep it plain
+        else:
+            return None
+        if ct.shape != shape:
+            raise FormatError(f"{where}: the blob holds shape {list(ct.shape)}, the model needs {list(shape)}")
+        if ct.dtype != dtype:
+            if name in self.upcast:  # kept in a wider dtype by the framework: decoded once, kept plain
+                from floatzip.decode import decompress_tensor
+
+                _set_plain(model, name, decompress_tensor(ct).to(device=p.device, dtype=dtype))
+                return None
+            raise InputError(
+                f"{where}: floatzip decodes this weight to {ct.dtype} exactly, but the model was built "
+                f"in {dtype}; load with the checkpoint's dtype ({_dtype_arg(ct.dtype)})"
+            )
+        return ct
+
+
+def _dtype_arg(dtype: torch.dtype) -> str:
+    return f"dtype=torch.{str(dtype).removeprefix('torch.')}"
+
+
+def _set_plain(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    module_path, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_path) if module_path else model
+    module._parameters[attr] = torch.nn.Parameter(value, requires_grad=False)
+
+
+def names_under(model: torch.nn.Module, modules: Sequence[str]) -> set[str]:
+    """Parameter names under any module whose name has one of ``modules`` as a component (diffusers' rule
+    for ``_keep_in_fp32_modules``)."""
+    wanted = set(modules)
+    return {n for n, _ in model.named_parameters(remove_duplicate=False) if wanted & set(n.split("."))}
+
+
+__all__ = ["DEFAULT_RATIO", "LoadingMixin", "is_blob", "names_under"]
