@@ -91,3 +91,24 @@ def test_demo_runs_on_the_real_weights(capsys: pytest.CaptureFixture[str]) -> No
     assert "run compressed   yes" in out
     ratio = float(out.split("ratio")[1].split("%")[0])
     assert 60 < ratio < 66.5
+
+
+def test_unsupported_inputs_say_what_they_are_and_how_to_get_there(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    torch_only = tmp_path / "bin-model"
+    torch_only.mkdir()
+    (torch_only / "pytorch_model.bin").write_bytes(b"PK\x03\x04" + b"\0" * 60)
+    (torch_only / "config.json").write_text("{}")
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 64)
+    for argv, expect in [
+        (("compress", str(torch_only), str(tmp_path / "o1")), "pytorch_model.bin is a PyTorch checkpoint"),
+        (("inspect", str(torch_only)), "pytorch_model.bin is a PyTorch checkpoint"),
+        (("compress", str(gguf), str(tmp_path / "o2")), "a GGUF file"),
+        (("inspect", str(gguf)), "not a safetensors file: a GGUF file"),
+        (("inspect", str(torch_only / "pytorch_model.bin")), "save_pretrained"),
+    ]:
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and expect in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

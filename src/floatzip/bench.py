@@ -520,7 +520,7 @@ def format_results(result: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|"]  # fmt: skip
         for tool, r in ds["results"].items():
             if r.get("status") == "not installed":
-                lines.append(f"| {tool} | - | - | - | - | not installed |")
+                lines.append(f'| {tool} | - | - | - | - | not installed: pip install "floatzip[bench]" |')
                 continue
             note = r.get("note", r.get("setting", ""))
             if tool == "floatzip" and r.get("decode_only_mbps"):

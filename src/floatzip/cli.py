@@ -91,7 +91,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from floatzip.inspect import format_table, inspect_path, plot
 
-    ins = inspect_path(args.path, model_config=args.model_config)
+    ins = inspect_path(args.path, model_config=args.model_config, progress=not args.quiet)
     if args.plot:
         plot(ins, args.plot)
     if args.json:
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="a small data set, for a smoke test")
     b.set_defaults(run=cmd_bench)
 
-    for sp in (c, cv, d, v, m):
+    for sp in (c, cv, d, v, m, i):
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from floatzip.codec.encode import compress_words
 from floatzip.decode import decode_words
@@ -16,7 +17,7 @@ from floatzip.errors import InputError
 from floatzip.format import spec
 from floatzip.format.blob import CompressedTensor
 from floatzip.format.checkpoint import is_floatzip_checkpoint, open_compressed, read_blob
-from floatzip.format.safetensors_io import Entry, iter_files, read_header, read_range
+from floatzip.format.safetensors_io import Entry, iter_files, not_safetensors_hint, read_header, read_range
 
 
 @dataclass
@@ -102,7 +103,7 @@ def _stats(
     )
 
 
-def inspect_path(path: str | Path, *, model_config: str | Path | None = None) -> Inspection:
+def inspect_path(path: str | Path, *, model_config: str | Path | None = None, progress: bool = False) -> Inspection:
     """Statistics of every tensor of a checkpoint: a floatzip directory, a model directory or file, or a
     DF11 checkpoint (its decoded BF16 tensors, what floatzip would store for them, and DF11's size;
     ``model_config`` as in :func:`floatzip.convert.df11.iter_df11`)."""
@@ -114,35 +115,43 @@ def inspect_path(path: str | Path, *, model_config: str | Path | None = None) ->
     if df11.is_df11_checkpoint(path):
         return _inspect_df11(path, model_config)
     compressed = path.is_dir() and is_floatzip_checkpoint(path)
-    files = [path] if path.is_file() else [f for f in iter_files(path) if f.suffix == ".safetensors"]
+    every = [path] if path.is_file() else list(iter_files(path))
+    files = every if path.is_file() else [f for f in every if f.suffix == ".safetensors"]
     if not files:
-        raise InputError(f"{path}: holds no .safetensors file")
+        raise InputError(f"{path}: holds no .safetensors file{not_safetensors_hint(every)}")
     root = path if path.is_dir() else path.parent
     stats: list[TensorStats] = []
     hist: dict[str, list[int]] = {}
-    for f in files:
-        rel = f.relative_to(root).as_posix()
-        if compressed:
-            cf = open_compressed(f)
-            ours = cf.header.by_name()
-            with f.open("rb") as fh:
-                for o in cf.original.entries:
-                    e = ours[o.name]
-                    if o.name in cf.encoded:
-                        ct = read_blob(cf, fh, o.name)
-                        words = np.empty(ct.numel, dtype=np.dtype(f"<u{ct.layout.nbytes}"))
-                        decode_words(ct, words)
-                        stats.append(_stats(rel, o.name, o.dtype, o.shape, o.nbytes, e.nbytes, ct, words, hist))
-                    else:
-                        plain = _plain_words(fh, cf.header.data_start + e.begin, o, str(f))
-                        stats.append(_stats(rel, o.name, o.dtype, o.shape, o.nbytes, e.nbytes, None, plain, hist))
-        else:
-            header = read_header(f)
-            with f.open("rb") as fh:
-                for o in header.entries:
-                    data = read_range(fh, header.data_start + o.begin, o.nbytes, str(f))
-                    stats.append(_would_store(rel, o.name, o.dtype, o.shape, data, hist))
+    with tqdm(total=sum(f.stat().st_size for f in files), desc="inspect", unit="B", unit_scale=True,
+              disable=None if progress else True, leave=False) as bar:  # fmt: skip
+        for f in files:
+            _inspect_file(f, f.relative_to(root).as_posix(), compressed, stats, hist)
+            bar.update(f.stat().st_size)
     return Inspection(str(path), compressed, stats, hist)
+
+
+def _inspect_file(f: Path, rel: str, compressed: bool, stats: list[TensorStats], hist: dict[str, list[int]]) -> None:
+    """One file's tensors into ``stats`` (and the exponent histogram ``hist``)."""
+    if compressed:
+        cf = open_compressed(f)
+        ours = cf.header.by_name()
+        with f.open("rb") as fh:
+            for o in cf.original.entries:
+                e = ours[o.name]
+                if o.name in cf.encoded:
+                    ct = read_blob(cf, fh, o.name)
+                    words = np.empty(ct.numel, dtype=np.dtype(f"<u{ct.layout.nbytes}"))
+                    decode_words(ct, words)
+                    stats.append(_stats(rel, o.name, o.dtype, o.shape, o.nbytes, e.nbytes, ct, words, hist))
+                else:
+                    plain = _plain_words(fh, cf.header.data_start + e.begin, o, str(f))
+                    stats.append(_stats(rel, o.name, o.dtype, o.shape, o.nbytes, e.nbytes, None, plain, hist))
+    else:
+        header = read_header(f)
+        with f.open("rb") as fh:
+            for o in header.entries:
+                data = read_range(fh, header.data_start + o.begin, o.nbytes, str(f))
+                stats.append(_would_store(rel, o.name, o.dtype, o.shape, data, hist))
 
 
 def _inspect_df11(path: Path, model_config: str | Path | None) -> Inspection:
@@ -176,10 +185,12 @@ def _plain_words(fh: io.BufferedIOBase, start: int, e: Entry, where: str) -> np.
 
 
 def format_table(ins: Inspection, limit: int | None = None) -> str:
-    rows = [("tensor", "dtype", "shape", "exp H", "bits/w", "k", "ratio")]
+    several = len({t.file for t in ins.tensors}) > 1
+    rows = [(*(("file",) if several else ()), "tensor", "dtype", "shape", "exp H", "bits/w", "k", "ratio")]
     shown = ins.tensors if limit is None else ins.tensors[:limit]
     for t in shown:
         rows.append((
+            *((t.file if len(t.file) <= 40 else "…" + t.file[-39:],) if several else ()),
             t.name if len(t.name) <= 48 else "…" + t.name[-47:],
             t.dtype,
             "×".join(map(str, t.shape)) or "scalar",
@@ -189,7 +200,8 @@ def format_table(ins: Inspection, limit: int | None = None) -> str:
             f"{100 * t.ratio:.2f}%" + ("" if t.encoded else " (plain)"),
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+    left = 4 if several else 3  # text columns, then numbers
+    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
              for r in rows]  # fmt: skip
     if limit is not None and len(ins.tensors) > limit:
         lines.append(f"… {len(ins.tensors) - limit} more tensors (--all shows every one)")
@@ -201,6 +213,8 @@ def format_table(ins: Inspection, limit: int | None = None) -> str:
         df11 = ins.df11_bytes / ins.original_bytes if ins.original_bytes else 1.0
         lines.append(f"a DF11 checkpoint: DF11 stores {ins.df11_bytes / 1e6:.2f} MB = {100 * df11:.2f}% "
                      f"(floatzip convert makes it a floatzip checkpoint)")  # fmt: skip
+    lines.append("exp H: the exponent's order-0 entropy, bits per weight (a bound for coding it alone); bits/w: "
+                 "bits floatzip stores per weight; k: top mantissa bits coded together with the exponent")  # fmt: skip
     return "\n".join(lines)
 
 

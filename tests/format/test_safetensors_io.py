@@ -49,7 +49,7 @@ def test_not_json_and_wrong_sizes(tmp_path: Path) -> None:
         parse_header(header({"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}}), "f", data_size=5)
     p = tmp_path / "x.safetensors"
     p.write_bytes(struct.pack("<Q", 10**6) + b"{}")
-    with pytest.raises(FormatError, match="does not fit the file"):
+    with pytest.raises(FormatError, match="no header length"):
         read_header(p)
     p.write_bytes(b"abc")
     with pytest.raises(FormatError, match="only 3 bytes"):

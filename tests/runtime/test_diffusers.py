@@ -202,7 +202,13 @@ def test_a_whole_pipeline_round_trips_and_runs_compressed(tmp_path: Path) -> Non
     _tiny_flux_pipeline(tmp_path / "tokenizers").save_pretrained(tmp_path / "plain")
     _compress(tmp_path / "plain", tmp_path / "fz")
     assert cli(["decompress", str(tmp_path / "fz"), str(tmp_path / "restored"), "--quiet"]) == 0
-    assert _digests(tmp_path / "restored") == _digests(tmp_path / "plain")
+    assert _digests(tmp_path / "restored") == _digests(tmp_path / "plain")  # the note below is not restored
+    from floatzip.inspect import format_table, inspect_path
+
+    table = format_table(inspect_path(tmp_path / "fz"), limit=None)  # which component each tensor is in
+    assert table.startswith("file") and "text_encoder_2/model.safetensors" in table and "exp H: " in table
+    note = (tmp_path / "fz" / "README.floatzip.md").read_text()
+    assert 'pip install "floatzip[diffusers]"' in note and "DiffusionPipeline.from_pretrained" in note
 
     _, images, text = _generate(tmp_path / "plain")
     pipe, got_images, got_text = _generate(tmp_path / "fz")

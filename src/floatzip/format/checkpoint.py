@@ -40,9 +40,11 @@ from floatzip.format.safetensors_io import (
     Header,
     StreamingWriter,
     iter_files,
+    not_safetensors_hint,
     parse_header,
     read_header,
     read_range,
+    what_it_is,
 )
 
 if TYPE_CHECKING:
@@ -209,13 +211,14 @@ def _source_files(src: Path) -> tuple[Path, list[Path]]:
         raise InputError(f"{src}: not a regular file or a directory (a FIFO, device or socket)")
     if src.is_file():
         if src.suffix != ".safetensors":
-            raise InputError(f"{src}: not a .safetensors file or a model directory")
+            what = what_it_is(src)
+            raise InputError(f"{src}: not a .safetensors file or a model directory" + (f": {what}" if what else ""))
         return src.parent, [src]
     files = list(iter_files(src))
     for f in files:  # the user's own directory: links may lead anywhere, but only to regular files
         _check_regular(f, src, None, "the model directory", InputError)
     if not any(f.suffix == ".safetensors" for f in files):
-        raise InputError(f"{src}: the directory holds no .safetensors file")
+        raise InputError(f"{src}: the directory holds no .safetensors file{not_safetensors_hint(files)}")
     return src, files
 
 
@@ -273,7 +276,10 @@ class CheckpointBuilder:
     original files itself (the DF11 converter) can delete each one once it is added.
     """
 
-    def __init__(self, tmp: Path, report: CheckpointReport, bar: tqdm, steps: int | None) -> None:
+    def __init__(
+        self, tmp: Path, report: CheckpointReport, bar: tqdm, steps: int | None, progress: bool = False
+    ) -> None:
+        self._progress = progress  # a verify bar after the compress bar (a large model's verify takes a while)
         self._tmp = tmp
         self._report = report
         self._bar = bar
@@ -302,10 +308,56 @@ class CheckpointBuilder:
         self._report.files += 1
 
     def _finish(self) -> None:
+        listed = {str(e["path"]) for e in self._manifest}
+        if spec.NOTE_NAME not in listed:
+            (self._tmp / spec.NOTE_NAME).write_text(_note(self._report, listed))
         doc: dict[str, object] = {"format_version": spec.FORMAT_VERSION, "files": self._manifest}
         doc["manifest_sha256"] = _manifest_digest(doc)
         (self._tmp / spec.MANIFEST_NAME).write_text(json.dumps(doc, indent=1) + "\n")
-        _verify_dir(self._tmp, None, progress=False)  # reload and compare before reporting success
+        self._bar.close()  # the compress bar gives way to the verify bar
+        _verify_dir(self._tmp, None, progress=self._progress)  # reload and compare before reporting success
+
+
+def _note(report: CheckpointReport, listed: set[str]) -> str:
+    """The checkpoint's own README: what it is, and how to load and restore it (not in the manifest)."""
+    diffusers = "model_index.json" in listed
+    extra, snippet = (
+        ("diffusers", 'from diffusers import DiffusionPipeline\n\npipe = DiffusionPipeline.from_pretrained('
+         '"path/to/this/folder", dtype=torch.bfloat16)  # the dtype the weights were stored in')
+        if diffusers else
+        ("hf", 'from transformers import AutoModelForCausalLM\n\nmodel = AutoModelForCausalLM.from_pretrained('
+         '"path/to/this/folder", device_map="auto")')
+    )  # fmt: skip
+    return f"""# A floatzip checkpoint
+
+This folder holds a model compressed losslessly by [floatzip](https://pypi.org/project/floatzip/)
+(format version {spec.FORMAT_VERSION}): {report.compressed_bytes / 1e9:.3f} GB of safetensors for
+{report.original_bytes / 1e9:.3f} GB originally ({100 * report.ratio:.2f}%). Every weight decodes to its
+original bits, and each file restores to its original sha256 (listed in `floatzip.json`).
+
+## Run it straight from the compressed weights
+
+Without floatzip, transformers and diffusers stop with "Unknown quantization type". Install floatzip with
+its `{extra}` extra and import it first:
+
+```bash
+pip install "floatzip[{extra}]"
+```
+
+```python
+import torch, floatzip  # registers quant_method "floatzip" with transformers and diffusers
+{snippet}
+```
+
+## Restore the original files
+
+```bash
+floatzip verify path/to/this/folder                 # decode everything, check every checksum
+floatzip decompress path/to/this/folder restored/   # the original files, byte for byte
+```
+
+This file is written by `floatzip compress` and is not one of the original files.
+"""
 
 
 @contextlib.contextmanager
@@ -316,7 +368,7 @@ def build_checkpoint(
     whole checkpoint is verified, and it is renamed to ``dst``. On an error nothing is left."""
     start = time.perf_counter()
     with _staging(dst) as tmp, _progress(total, "compress", progress) as bar:
-        builder = CheckpointBuilder(tmp, report, bar, steps)
+        builder = CheckpointBuilder(tmp, report, bar, steps, progress)
         yield builder
         builder._finish()
     report.seconds = time.perf_counter() - start

@@ -95,17 +95,49 @@ def parse_header(raw: bytes, where: str, data_size: int | None = None) -> Header
     return Header(raw, tuple(entries), dict(metadata), 0, pos)
 
 
+_HOW_TO_SAFETENSORS = (
+    "floatzip reads safetensors: save the model as safetensors first (transformers and diffusers: "
+    "from_pretrained, then save_pretrained, which writes safetensors)"
+)
+
+
+def what_it_is(path: Path) -> str | None:
+    """What a file that is not safetensors looks like it is, with how to get to safetensors; None if unknown."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    if head == b"GGUF":
+        return ("a GGUF file (llama.cpp), usually quantized with losses; floatzip compresses the original "
+                "safetensors weights (in BF16, FP16, FP32 or FP8) instead")  # fmt: skip
+    if head[:2] == b"PK" or head[:1] == b"\x80" or path.suffix in (".bin", ".pt", ".pth", ".ckpt"):
+        # (only asked of files that are not safetensors: a header length can begin with these bytes too)
+        return f"a PyTorch checkpoint (pickle); {_HOW_TO_SAFETENSORS}"
+    return None
+
+
+def not_safetensors_hint(files: list[Path]) -> str:
+    """For a directory without safetensors: what its weights are, if they can be recognised."""
+    for f in files:
+        if (what := what_it_is(f)) is not None and f.suffix in (".bin", ".pt", ".pth", ".ckpt", ".gguf"):
+            return f": {f.name} is {what}"
+    return ""
+
+
 def read_header(path: Path) -> Header:
     """Read and validate the header of the safetensors file at ``path``."""
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
             head = f.read(8)
-            if len(head) < 8:
-                raise FormatError(f"{path}: not a safetensors file (only {len(head)} bytes)")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES or 8 + n > size:
-                raise FormatError(f"{path}: not a safetensors file (header length {n} does not fit the file)")
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 0 <= n <= MAX_HEADER_BYTES or 8 + n > size:  # not safetensors: say what it looks like
+                if (what := what_it_is(path)) is not None:
+                    raise FormatError(f"{path}: not a safetensors file: {what}")
+                if n < 0:
+                    raise FormatError(f"{path}: not a safetensors file (only {len(head)} bytes)")
+                raise FormatError(f"{path}: not a safetensors file (its first 8 bytes are no header length)")
             raw = f.read(n)
     except OSError as exc:
         raise FormatError(f"{path}: cannot read ({exc.strerror})") from None

@@ -30,6 +30,7 @@ LANE_SYMBOLS = 1024  # the default symbols per lane (steps = LANE_SYMBOLS / elem
 # A checkpoint stores a float tensor as a blob only from this many elements on.
 MIN_ENCODED_NUMEL = 4096
 
+NOTE_NAME = "README.floatzip.md"  # how to load and restore, for people; not in the manifest
 MANIFEST_NAME = "floatzip.json"
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest (or a config.json it restores) larger than this is refused
 META_VERSION = "floatzip.format_version"
