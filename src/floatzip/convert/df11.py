@@ -299,12 +299,37 @@ def _load_model_config(p: Path) -> dict[str, Any]:
     return doc
 
 
+def _diffusers_skeleton(arch: Mapping[str, Any], where: Path) -> torch.nn.Module:
+    """A diffusers model (FLUX, Wan... transformers; config with ``_class_name``) on the meta device."""
+    try:
+        import diffusers
+    except ImportError:
+        raise InputError(
+            "reading DF11 diffusion checkpoints needs diffusers: pip install 'floatzip[diffusers]'"
+        ) from None
+    name = str(arch["_class_name"])
+    cls = getattr(diffusers, name, None)
+    if not isinstance(cls, type) or not hasattr(cls, "from_config"):
+        raise FormatError(f"{where}: diffusers has no model class {name[:100]!r}")
+    config = {k: v for k, v in arch.items() if not k.startswith("_") and k != "quantization_config"}
+    try:
+        with torch.device("meta"):
+            model: torch.nn.Module = cls.from_config(config)
+    except (ValueError, ArithmeticError, TypeError, KeyError, AttributeError, IndexError, RuntimeError) as exc:
+        raise FormatError(f"{where}: diffusers cannot build a {name} from this config "
+                          f"({type(exc).__name__}: {str(exc)[:200]})") from None  # fmt: skip
+    return model
+
+
 def _skeleton(arch: Mapping[str, Any] | None, where: Path) -> torch.nn.Module:
-    """The model, on the meta device (shapes only, no memory), from its transformers config."""
+    """The model, on the meta device (shapes only, no memory), from its transformers or diffusers config."""
+    if arch is not None and "_class_name" in arch and "model_type" not in arch:
+        return _diffusers_skeleton(arch, where)
     if arch is None or "model_type" not in arch:
-        raise FormatError(f"{where}: config.json does not describe the model's architecture (no model_type), "
-                          f"so the DF11 weights' shapes are unknown; pass the original model's config.json "
-                          f"as model_config (floatzip convert --model-config)")  # fmt: skip
+        raise FormatError(f"{where}: config.json does not describe the model's architecture (no model_type or "
+                          f"_class_name), so the DF11 weights' shapes are unknown; pass the original model's "
+                          f"config.json as model_config (floatzip convert --model-config; for a diffusion model, "
+                          f"its transformer/config.json)")  # fmt: skip
     try:
         import transformers
     except ImportError:
@@ -488,12 +513,18 @@ def df11_sizes(path: str | Path) -> tuple[int, int]:
 # converting
 
 
-def _output_names(files: list[_File]) -> dict[str, str]:
-    """The BF16 checkpoint's file names: transformers' shard names, since DF11 keeps a partial
-    ``model.safetensors`` beside its block files and transformers would load that file alone."""
+def _output_names(files: list[_File], stem: str) -> dict[str, str]:
+    """The BF16 checkpoint's file names: transformers' (or diffusers', ``stem``) shard names, since DF11 keeps a
+    partial ``model.safetensors`` beside its block files and the loader would load that file alone."""
     if len(files) == 1:
-        return {files[0].rel: Path(files[0].rel).name}
-    return {f.rel: f"model-{i:05d}-of-{len(files):05d}.safetensors" for i, f in enumerate(files, 1)}
+        name = Path(files[0].rel).name
+        return {files[0].rel: f"{stem}.safetensors" if stem != "model" and name == "model.safetensors" else name}
+    return {f.rel: f"{stem}-{i:05d}-of-{len(files):05d}.safetensors" for i, f in enumerate(files, 1)}
+
+
+def _stem(model_config: Mapping[str, Any] | None) -> str:
+    """``diffusion_pytorch_model`` for a diffusers model (its loader looks for that name), else ``model``."""
+    return "diffusion_pytorch_model" if model_config and "_class_name" in model_config else "model"
 
 
 def convert_df11(
@@ -518,7 +549,8 @@ def convert_df11(
     source = _open_source(src, model_config)
     layouts = _layouts(source)  # every block fits the architecture before anything is written
     report = ConvertReport(src, dst)
-    names = _output_names(source.files)
+    stem = _stem(source.model_config)
+    names = _output_names(source.files, stem)
     weight_map: dict[str, str] = {}
     total = 2 * sum(
         sum(e.nbytes for e in f.plain) + sum(parts["sign_mantissa"].nbytes for parts in f.blocks.values())
@@ -548,7 +580,7 @@ def convert_df11(
         extra: dict[str, bytes] = {}
         if len(source.files) > 1:  # DF11's own index (if any) lists only the tensors it left alone
             index = {"metadata": {"total_size": report.bf16_bytes}, "weight_map": dict(sorted(weight_map.items()))}
-            extra[INDEX_NAME] = (json.dumps(index, indent=2) + "\n").encode()
+            extra[f"{stem}.safetensors.index.json"] = (json.dumps(index, indent=2) + "\n").encode()
         if source.model_config:
             extra["config.json"] = (json.dumps(source.model_config, indent=2) + "\n").encode()
         for rel, data in extra.items():

@@ -320,7 +320,7 @@ class CheckpointBuilder:
 
 def _note(report: CheckpointReport, listed: set[str]) -> str:
     """The checkpoint's own README: what it is, and how to load and restore it (not in the manifest)."""
-    diffusers = "model_index.json" in listed
+    diffusers = "model_index.json" in listed or "diffusion_pytorch_model" in " ".join(listed)
     extra, snippet = (
         ("diffusers", 'from diffusers import DiffusionPipeline\n\npipe = DiffusionPipeline.from_pretrained('
          '"path/to/this/folder", dtype=torch.bfloat16)  # the dtype the weights were stored in')
