@@ -31,6 +31,7 @@ class DemoResult:
     identical: bool
     files: int
     embeddings_identical: bool | None  # the model run straight from the compressed checkpoint (None: no transformers)
+    run: dict[str, tuple[int, float]] | None = None  # "plain"/"compressed" -> (weight bytes resident, s per forward)
 
     @property
     def ratio(self) -> float:
@@ -77,7 +78,7 @@ def run_demo(workdir: Path | None = None, *, progress: bool = False) -> DemoResu
         decompress_checkpoint(base / "minilm-floatzip", base / "minilm-restored", progress=progress)
         t3 = time.perf_counter()
         identical = _digests(original) == _digests(base / "minilm-restored")
-        same_outputs = _run_both(original, base / "minilm-floatzip")
+        same_outputs, run = _run_both(original, base / "minilm-floatzip")
         return DemoResult(
             original_bytes=compressed.original_bytes,
             compressed_bytes=compressed.compressed_bytes,
@@ -87,24 +88,46 @@ def run_demo(workdir: Path | None = None, *, progress: bool = False) -> DemoResu
             identical=identical,
             files=compressed.files,
             embeddings_identical=same_outputs,
+            run=run,
         )
 
 
 SENTENCES = ["floatzip keeps every bit of the weights.", "Quantization would have changed these numbers."]
 
 
-def _run_both(original: Path, compressed: Path) -> bool | None:
-    """Run MiniLM from the BF16 directory and straight from the compressed one; are the outputs bit-identical?"""
+def _weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of weights the model holds in memory: a floatzip model's resident total (compressed weights, its
+    decode buffer, plain tensors), else its parameters' and buffers'."""
+    from floatzip.runtime import memory_report, runtime_of
+
+    if runtime_of(model) is not None:
+        return memory_report(model).resident_bytes
+    seen = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in [*model.parameters(), *model.buffers()]
+    }
+    return sum(seen.values())
+
+
+def _run_both(original: Path, compressed: Path) -> tuple[bool | None, dict[str, tuple[int, float]] | None]:
+    """Run MiniLM from the BF16 directory and straight from the compressed one: are the outputs bit-identical,
+    and each one's resident weight bytes and time per forward (the best of five)."""
     try:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
     except ImportError:
-        return None
+        return None, None
     hf_logging.disable_progress_bar()
     batch = AutoTokenizer.from_pretrained(original)(SENTENCES, padding=True, return_tensors="pt")
     outputs = []
-    for path in (original, compressed):
+    run: dict[str, tuple[int, float]] = {}
+    for key, path in (("plain", original), ("compressed", compressed)):
         model = AutoModel.from_pretrained(path, dtype=torch.bfloat16).eval()
+        times = []
         with torch.no_grad():
-            outputs.append(model(**batch).last_hidden_state)
-    return torch.equal(outputs[0].view(torch.int16), outputs[1].view(torch.int16))
+            for _ in range(5):
+                t = time.perf_counter()
+                out = model(**batch).last_hidden_state
+                times.append(time.perf_counter() - t)
+        outputs.append(out)
+        run[key] = (_weight_bytes(model), min(times))
+    return torch.equal(outputs[0].view(torch.int16), outputs[1].view(torch.int16)), run

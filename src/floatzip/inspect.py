@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +32,34 @@ class TensorStats:
     exponent_entropy: float | None  # bits per weight, order 0
     bits_per_weight: float | None
     mantissa_bits_coded: int | None  # k: top mantissa bits coded with the exponent
+    split: dict[str, int] = field(default_factory=dict)  # where its stored bytes go (see PARTS)
 
     @property
     def ratio(self) -> float:
         return self.stored_bytes / self.original_bytes if self.original_bytes else 1.0
+
+
+PARTS = ("coded symbols", "raw bits", "tables", "lane sizes", "blob headers", "plain tensors")
+"""Where a tensor's stored bytes go: a blob's code stream, raw fields, code tables, tile and lane index and
+fixed header (with padding); or the whole tensor, stored unchanged."""
+
+
+def _split(ct: CompressedTensor | None, stored: int) -> dict[str, int]:
+    if ct is None or ct.version != 2 or stored >= ct.original_nbytes:
+        return {"plain tensors": stored}
+    info = ct.v2
+    coded, raw = 4 * int(info["code_words"]), 4 * int(info["raw_words"])
+    tables = int(info["tables_len"])
+    n_tiles = int(info["n_tiles"])
+    lanes = 4 * (n_tiles + 1) + 4 * n_tiles + 4 * int(info["delta_words"])
+    return {"coded symbols": coded, "raw bits": raw, "tables": tables, "lane sizes": lanes,
+            "blob headers": stored - coded - raw - tables - lanes}  # fmt: skip
+
+
+def component(file: str) -> str:
+    """The part of a checkpoint a file belongs to: its top folder (a pipeline's ``transformer``...), or the
+    checkpoint itself."""
+    return file.split("/")[0] if "/" in file else "(top level)"
 
 
 @dataclass
@@ -45,6 +69,7 @@ class Inspection:
     tensors: list[TensorStats]
     exponent_histogram: dict[str, list[int]]  # dtype -> counts over exponent values, float tensors only
     df11_bytes: int | None = None  # a DF11 checkpoint: the tensor bytes DF11 stores (tensors: what it encodes)
+    file_headers: dict[str, int] = field(default_factory=dict)  # file -> bytes beside its tensors' (headers)
 
     @property
     def original_bytes(self) -> int:
@@ -100,6 +125,7 @@ def _stats(
         exponent_entropy=entropy,
         bits_per_weight=8 * stored / n if n else None,
         mantissa_bits_coded=None if ct is None else ct.layout.man_bits - ct.shift,
+        split=_split(ct, stored),
     )
 
 
@@ -124,10 +150,14 @@ def inspect_path(path: str | Path, *, model_config: str | Path | None = None, pr
     hist: dict[str, list[int]] = {}
     with tqdm(total=sum(f.stat().st_size for f in files), desc="inspect", unit="B", unit_scale=True,
               disable=None if progress else True, leave=False) as bar:  # fmt: skip
+        headers = {}
         for f in files:
-            _inspect_file(f, f.relative_to(root).as_posix(), compressed, stats, hist)
+            rel = f.relative_to(root).as_posix()
+            first = len(stats)
+            _inspect_file(f, rel, compressed, stats, hist)
+            headers[rel] = f.stat().st_size - sum(t.stored_bytes for t in stats[first:]) if compressed else 0
             bar.update(f.stat().st_size)
-    return Inspection(str(path), compressed, stats, hist)
+    return Inspection(str(path), compressed, stats, hist, file_headers=headers)
 
 
 def _inspect_file(f: Path, rel: str, compressed: bool, stats: list[TensorStats], hist: dict[str, list[int]]) -> None:
@@ -218,8 +248,10 @@ def format_table(ins: Inspection, limit: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def plot(ins: Inspection, out: str | Path) -> None:
-    """Exponent histogram (log scale) and per-tensor ratio, as a PNG."""
+def plot(ins: Inspection, out: str | Path, *, label: int = 6) -> None:
+    """A PNG of where the bytes go: the exponent histogram of each dtype (log scale, one axis each), the
+    stored bytes of each component split into PARTS (and file headers), and each tensor's ratio with the
+    ``label`` largest tensors named."""
     try:
         import matplotlib
 
@@ -227,29 +259,56 @@ def plot(ins: Inspection, out: str | Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise InputError("--plot needs matplotlib: pip install 'floatzip[plot]'") from None
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 8), constrained_layout=True)
-    for dtype, counts in ins.exponent_histogram.items():
-        c = np.asarray(counts, dtype=float)
+    dtypes = [d for d, c in ins.exponent_histogram.items() if any(c)]
+    fig = plt.figure(figsize=(11, 11), constrained_layout=True)
+    grid = fig.add_gridspec(3, max(1, len(dtypes)))
+    for i, dtype in enumerate(dtypes):
+        ax = fig.add_subplot(grid[0, i])
+        c = np.asarray(ins.exponent_histogram[dtype], dtype=float)
         used = np.flatnonzero(c)
-        if used.size:
-            xs = np.arange(used.min(), used.max() + 1)
-            ax1.bar(xs, c[xs], label=f"{dtype} (H = {_entropy(c):.3f} bits)", alpha=0.7)
-    ax1.set_yscale("log")
-    ax1.set_xlabel("biased exponent")
-    ax1.set_ylabel("weights")
-    ax1.set_title("Exponent histogram, all float tensors")
-    ax1.legend()
+        xs = np.arange(used.min(), used.max() + 1)
+        ax.bar(xs, c[xs], color="tab:blue")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{dtype} biased exponent")
+        ax.set_ylabel("weights")
+        ax.set_title(f"{dtype}: exponent H = {_entropy(c):.3f} bits")
+    ax = fig.add_subplot(grid[1, :])
+    comps = sorted({component(t.file) for t in ins.tensors})
+    parts = [*PARTS, "file headers"]
+    table = {c: dict.fromkeys(parts, 0) for c in comps}
+    original = dict.fromkeys(comps, 0)
+    for t in ins.tensors:
+        original[component(t.file)] += t.original_bytes
+        for k, v in t.split.items():
+            table[component(t.file)][k] += v
+    for f, n in ins.file_headers.items():
+        table[component(f)]["file headers"] += n
+    left = np.zeros(len(comps))
+    for k in parts:
+        vals = np.array([100 * table[c][k] / max(original[c], 1) for c in comps])
+        if vals.any():
+            ax.barh(comps, vals, left=left, label=k)
+            left += vals
+    ax.set_xlabel("stored bytes, % of the component's original tensor bytes")
+    ax.set_title("Where the bytes go, per component")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_xlim(0, max(105.0, float(left.max()) + 5))
+    ax = fig.add_subplot(grid[2, :])
     ratios = [100 * t.ratio for t in ins.tensors]
     colors = ["tab:blue" if t.encoded else "tab:gray" for t in ins.tensors]
     widths = np.array([t.original_bytes / 1e6 for t in ins.tensors])
     starts = np.concatenate([[0.0], np.cumsum(widths)[:-1]])
-    ax2.bar(starts, ratios, width=widths, align="edge", color=colors, edgecolor="white", linewidth=0.3)
-    ax2.axhline(100 * ins.stored_bytes / max(ins.original_bytes, 1), color="tab:red", lw=1, label="whole checkpoint")
-    ax2.set_ylim(0, 105)
-    ax2.set_xlabel("original MB, tensors in file order (bar width = tensor size); gray = stored plain")
-    ax2.set_ylabel("stored / original, %")
-    ax2.legend(loc="lower right")
-    ax2.set_title(f"Per-tensor ratio: {Path(ins.path).name}")
-    ax2.legend()
+    ax.bar(starts, ratios, width=widths, align="edge", color=colors, edgecolor="white", linewidth=0.3)
+    for i in sorted(range(len(ins.tensors)), key=lambda i: -ins.tensors[i].original_bytes)[:label]:
+        t = ins.tensors[i]
+        name = t.name if len(t.name) <= 40 else "…" + t.name[-39:]
+        ax.annotate(name, (starts[i] + widths[i] / 2, ratios[i]), rotation=90, ha="center", va="top", fontsize=7,
+                    xytext=(0, -4), textcoords="offset points")  # fmt: skip
+    ax.axhline(100 * ins.stored_bytes / max(ins.original_bytes, 1), color="tab:red", lw=1, label="whole checkpoint")
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("original MB, tensors in file order (bar width = tensor size); gray = stored plain")
+    ax.set_ylabel("stored / original, %")
+    ax.legend(loc="lower right")
+    ax.set_title(f"Per-tensor ratio: {Path(ins.path).name} (the {label} largest tensors named)")
     fig.savefig(out, dpi=100)
     plt.close(fig)

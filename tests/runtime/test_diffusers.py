@@ -203,9 +203,16 @@ def test_a_whole_pipeline_round_trips_and_runs_compressed(tmp_path: Path) -> Non
     _compress(tmp_path / "plain", tmp_path / "fz")
     assert cli(["decompress", str(tmp_path / "fz"), str(tmp_path / "restored"), "--quiet"]) == 0
     assert _digests(tmp_path / "restored") == _digests(tmp_path / "plain")  # the note below is not restored
-    from floatzip.inspect import format_table, inspect_path
+    from floatzip.inspect import format_table, inspect_path, plot
 
-    table = format_table(inspect_path(tmp_path / "fz"), limit=None)  # which component each tensor is in
+    ins = inspect_path(tmp_path / "fz")
+    assert all(sum(t.split.values()) == t.stored_bytes and min(t.split.values()) >= 0 for t in ins.tensors)
+    assert set(ins.file_headers) == {"text_encoder/model.safetensors", "text_encoder_2/model.safetensors",
+                                     "transformer/diffusion_pytorch_model.safetensors",
+                                     "vae/diffusion_pytorch_model.safetensors"}  # fmt: skip
+    plot(ins, tmp_path / "where.png")
+    assert (tmp_path / "where.png").stat().st_size > 10_000
+    table = format_table(ins, limit=None)  # which component each tensor is in
     assert table.startswith("file") and "text_encoder_2/model.safetensors" in table and "exp H: " in table
     note = (tmp_path / "fz" / "README.floatzip.md").read_text()
     assert 'pip install "floatzip[diffusers]"' in note and "DiffusionPipeline.from_pretrained" in note
