@@ -212,3 +212,15 @@ def test_golden_v1_blobs_decode_to_their_recorded_sha256(name: str, backend: str
     assert ct.version == 1 and list(ct.shape) == exp["shape"] and str(ct.dtype) == f"torch.{exp['dtype']}"
     out = floatzip.decompress_tensor(ct, backend=backend)
     assert hashlib.sha256(out.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest() == exp["sha256"]
+
+
+def test_from_bytes_without_a_copy_reads_the_callers_memory(blob: bytes) -> None:
+    arr = np.frombuffer(bytearray(blob), dtype=np.uint8)
+    ct = floatzip.CompressedTensor.from_bytes(arr, copy=False)
+    assert np.shares_memory(np.frombuffer(ct.buffer, dtype=np.uint8), arr)
+    copied = floatzip.CompressedTensor.from_bytes(arr)
+    assert not np.shares_memory(np.frombuffer(copied.buffer, dtype=np.uint8), arr)
+    assert torch.equal(floatzip.decompress_tensor(ct), floatzip.decompress_tensor(copied))
+    strided = np.frombuffer(bytearray(blob + blob), dtype=np.uint8)[::2]  # not contiguous: copied
+    with pytest.raises(floatzip.FloatzipError):
+        floatzip.CompressedTensor.from_bytes(strided, copy=False)

@@ -154,13 +154,28 @@ class CompressedTensor:
 
     @classmethod
     def from_bytes(
-        cls, blob: bytes | bytearray | memoryview | npt.NDArray[np.uint8], name: str = "blob", *, check_crc: bool = True
+        cls,
+        blob: bytes | bytearray | memoryview | npt.NDArray[np.uint8],
+        name: str = "blob",
+        *,
+        check_crc: bool = True,
+        copy: bool = True,
     ) -> CompressedTensor:
         """Parse and validate a blob of any version floatzip reads; ``name`` appears in every error message.
 
-        ``check_crc=False`` skips the blob checksum only (for a blob this process just wrote).
+        ``check_crc=False`` skips the blob checksum only (for a blob this process just wrote). ``copy=False``
+        keeps a view of ``blob`` instead of a copy (a loader's tensor, which then must not change: it is what
+        the record decodes from); a version 1 blob is always copied.
         """
-        data = bytes(blob) if not isinstance(blob, bytes) else blob
+        data: bytes | memoryview
+        if copy or isinstance(blob, bytes):
+            data = blob if isinstance(blob, bytes) else bytes(blob)
+        else:
+            arr = blob if isinstance(blob, np.ndarray) else np.frombuffer(blob, dtype=np.uint8)
+            if arr.dtype == np.uint8 and arr.ndim == 1 and arr.flags.c_contiguous:
+                data = arr.data.toreadonly()
+            else:
+                data = arr.tobytes()
         if len(data) < 8:
             raise FormatError(f"{name}: truncated floatzip blob ({len(data)} bytes)")
         if data[:4] != BLOB_MAGIC:
@@ -172,8 +187,9 @@ class CompressedTensor:
                 f"(it reads versions {', '.join(map(str, READ_VERSIONS))}); upgrade floatzip"
             )
         if version == 1:
-            v1 = parse_v1(data, name)
-            return cls(v1.layout, v1.shape, 1, v1.data_crc32, data, _v1=v1)
+            owned = bytes(data)
+            v1 = parse_v1(owned, name)
+            return cls(v1.layout, v1.shape, 1, v1.data_crc32, owned, _v1=v1)
         try:
             info = _core.parse(data, check_crc)
         except (_core.FormatError, _core.IntegrityError) as exc:

@@ -133,7 +133,9 @@ class LoadingMixin:
         if p.device.type == "meta":
             return None  # missing from the checkpoint: the framework reports it
         if is_blob(p) and dtype != torch.uint8:
-            ct = CompressedTensor.from_bytes(p.detach().cpu().numpy(), where)
+            # no copy: the record decodes from the loaded tensor itself (on the CPU, often the file's own
+            # mapping), which nothing else holds once the parameter slot becomes a view of the decode buffer
+            ct = CompressedTensor.from_bytes(p.detach().cpu().numpy(), where, copy=False)
         elif tuple(p.shape) != shape:
             raise FormatError(f"{where}: holds shape {list(p.shape)}, the model needs {list(shape)}")
         elif spec.layout_for(p.dtype) is not None:
