@@ -127,9 +127,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
           for k, (b, s) in (r.run or {}).items()],
     ]))  # fmt: skip
     if r.run:
-        print("(the compressed run keeps one decode buffer as large as its largest unit, here the word embedding,\n"
-              " and decodes every unit on every forward on the CPU: the memory win grows with the model, and\n"
-              " the GPU kernel is where decoding is meant to be fast)")  # fmt: skip
+        print("(the compressed run holds the compressed weights and one decode buffer as large as one layer; it\n"
+              " decodes each layer on every forward, which the CPU does far slower than the GPU kernel is meant to,\n"
+              " and the embeddings only in the rows it looks up)")  # fmt: skip
     if args.keep:
         print(f"files kept in {args.keep}")
     return 0 if r.identical and r.embeddings_identical is not False else 1

@@ -76,7 +76,10 @@ def test_blobs_are_used_and_blocks_decode_into_one_buffer(tiny_models: dict[str,
         assert {f"model.layers.{i}.mlp.experts.{p}" for i in range(2) for p in ("gate_up_proj", "down_proj")} <= set(
             rt.slots
         )
-    for name in rt.slots:
+    by_rows = {n for u in rt.units if type(u.decoder).__name__ == "_RowDecoder" for n in u.params}
+    assert by_rows == {"model.embed_tokens.weight"}  # the input embedding decodes only the rows it looks up
+    assert params["model.embed_tokens.weight"].stride() == (0, 0)  # a stand-in: no data in memory
+    for name in set(rt.slots) - by_rows:
         assert rt.is_view(params[name]), name
         assert params[name].untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
     assert buffer.numel() == max(u.nbytes for u in rt.units)
@@ -96,9 +99,11 @@ def test_tied_embeddings_are_stored_once(tiny_models: dict[str, Fixture]) -> Non
     rt = runtime_of(model)
     assert rt is not None
     embed, head = rt.slots["model.embed_tokens.weight"][0], rt.slots["lm_head.weight"][0]
-    assert embed is not head and embed.decoder is head.decoder
+    # one compressed tensor: the embedding decodes its rows from it, lm_head the whole matrix into the buffer
+    assert embed is not head and embed.decoder.ct is head.decoder.cts[0]
     assert rt._sources["model.embed_tokens.weight"] is rt._sources["lm_head.weight"]
     mem = memory_report(model)
+    assert mem.compressed_bytes == sum({id(ct): ct.nbytes for ct in rt._sources.values()}.values())
     assert mem.decoded_bytes == sum(t.numel() * 2 for t in _tensors(fx.original).values() if t.numel() >= 4096)
 
 
@@ -107,7 +112,11 @@ def test_minilm_bert(minilm: Fixture) -> None:
     model = AutoModel.from_pretrained(minilm.compressed).eval()
     rt = runtime_of(model)
     assert rt is not None
-    assert {"embeddings", *(f"encoder.layer.{i}" for i in range(6))} <= {u.name for u in rt.units}
+    assert {*(f"encoder.layer.{i}" for i in range(6))} <= {u.name for u in rt.units}
+    # the embeddings block's two large tables decode by rows, each a unit of its own: the buffer is one layer's
+    rows = {u.name for u in rt.units if type(u.decoder).__name__ == "_RowDecoder"}
+    assert rows == {"embeddings.word_embeddings", "embeddings.position_embeddings"}
+    assert memory_report(model).largest_unit_bytes == max(u.nbytes for u in rt.units if u.name.startswith("encoder"))
     ids = torch.randint(0, 30000, (2, 16), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     with torch.no_grad():

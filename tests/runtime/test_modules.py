@@ -151,3 +151,61 @@ def test_a_weight_of_a_module_holding_blocks_is_not_overwritten_by_them(tmp_path
     assert rt is not None
     assert [u.name for u in rt.units] == ["proj", "blocks.0", "blocks.1"]
     assert not rt.is_view(loaded.table) and torch.equal(loaded.table, net.table)
+
+
+class Lookup(nn.Module):
+    """An embedding whose rows straddle tile boundaries (100 columns, tiles of 2048 elements at steps=8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(300, 100, padding_idx=3)
+        self.proj = nn.Linear(100, 100, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.embed(ids))
+
+
+def test_an_embedding_decodes_only_the_rows_it_looks_up(tmp_path: Path) -> None:
+    from floatzip.runtime.blocks import _RowDecoder
+
+    torch.manual_seed(0)
+    net = Lookup().to(torch.bfloat16).eval()
+    compress_model(net, tmp_path / "fz", steps=8)
+    loaded = load_model(Lookup().to(torch.bfloat16), tmp_path / "fz", keep_compressed=True).eval()
+    rt = runtime_of(loaded)
+    assert rt is not None
+    unit = next(u for u in rt.units if u.name == "embed")
+    assert isinstance(unit.decoder, _RowDecoder) and unit.decoder.tile == 2048
+    mem = memory_report(loaded)
+    assert mem.buffer_bytes == mem.largest_unit_bytes == 100 * 100 * 2  # proj's: the embedding takes no room
+    decoded: list[int] = []
+    real = unit.decoder.gather
+    unit.decoder.gather = lambda rows: (decoded.append(len(rows)), real(rows))[1]  # type: ignore[method-assign]
+    cases = [torch.tensor([[0, 20, 21, 299]]), torch.tensor([[5, 5, 5], [3, 40, 5]]), torch.arange(300).view(3, 100),
+             torch.zeros(0, dtype=torch.long)]  # fmt: skip
+    with torch.no_grad():
+        for ids in cases:  # row 20 spans elements 2000..2099: two tiles
+            assert torch.equal(net(ids).view(torch.int16), loaded(ids).view(torch.int16)), ids
+    assert decoded == [4, 3, 300, 0]  # each distinct row once
+    for bad in (torch.tensor([300]), torch.tensor([-1])):
+        with pytest.raises(IndexError):
+            net(bad)
+        with pytest.raises(IndexError):
+            loaded(bad)
+    assert loaded.embed.padding_idx == 3  # restored after each forward
+    rt.materialize(loaded)
+    assert torch.equal(loaded.embed.weight, net.embed.weight) and "forward" not in loaded.embed.__dict__
+
+
+def test_a_corrupt_embedding_is_refused_at_install(tmp_path: Path) -> None:
+    # its forward never decodes it whole, so install checks the whole CRC once, tile chunk by tile chunk
+    import dataclasses
+
+    from floatzip.codec.encode import compress_tensor
+    from floatzip.errors import IntegrityError
+    from floatzip.runtime.blocks import install
+
+    net = Lookup().to(torch.bfloat16)
+    ct = compress_tensor(net.embed.weight.detach(), steps=8)
+    with pytest.raises(IntegrityError, match="checksum mismatch"):
+        install(Lookup().to(torch.bfloat16), {"embed.weight": dataclasses.replace(ct, data_crc32=ct.data_crc32 ^ 1)})

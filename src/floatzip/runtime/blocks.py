@@ -211,6 +211,112 @@ class _CpuOffloadDecoder:
             decompress_tensor(ct, out=buffer_view(buffer, off, ct.dtype, ct.shape), backend=self.backend)
 
 
+ROW_CHUNK_TILES = 64
+"""Tiles decoded at a time when a row-decoded embedding is checked against its CRC at install."""
+
+
+class _RowDecoder:
+    """An embedding decoded by rows: its forward decodes only the tiles that hold the rows of its input ids
+    (format v2 tiles are runs of consecutive elements), so it takes no room in the shared decode buffer.
+    The module's ``weight`` is a stand-in of the right shape, dtype and device that holds no data."""
+
+    offloaded = False
+    nbytes = 0
+
+    def __init__(self, ct: CompressedTensor) -> None:
+        self.offsets = [0]
+        self.ct = ct
+        self.rows, self.cols = ct.shape
+        self.tile = ct.tile_elements
+        self.words = np.dtype(f"<u{ct.layout.nbytes}")
+        self.stored_nbytes = ct.nbytes
+
+    def parts(self) -> list[tuple[int, int]]:
+        return [(id(self.ct), self.ct.nbytes)]
+
+    def decode(self, buffer: torch.Tensor) -> None:
+        """Nothing to decode before the forward: the rows are decoded by it."""
+
+    def verify(self) -> None:
+        """Decode every tile once, a chunk at a time, and check the CRC of the whole (no full-size buffer)."""
+        from floatzip import _core
+        from floatzip.decode.cpu import decode_tiles
+
+        n_tiles = int(self.ct.v2["n_tiles"])
+        crc = 0
+        for first in range(0, n_tiles, ROW_CHUNK_TILES):
+            count = min(ROW_CHUNK_TILES, n_tiles - first)
+            elems = min(self.ct.numel, (first + count) * self.tile) - first * self.tile
+            out = np.empty(elems, dtype=self.words)
+            decode_tiles(self.ct, first, count, out)
+            crc = _core.crc32c(out, crc)
+        if crc != self.ct.data_crc32:
+            raise IntegrityError("the embedding decodes to the wrong bytes (checksum mismatch)")
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """The decoded rows ``rows`` (sorted, unique, in range), as a [len(rows), cols] tensor."""
+        from floatzip.decode.cpu import decode_tiles
+
+        if not len(rows):
+            return torch.empty(0, self.cols, dtype=self.ct.dtype)
+        starts = rows.numpy().astype(np.int64) * self.cols
+        first = starts // self.tile
+        last = (starts + self.cols - 1) // self.tile
+        tiles = np.unique(np.concatenate([np.arange(a, b + 1) for a, b in zip(first, last, strict=True)]))
+        out = torch.empty(len(rows), self.cols, dtype=self.ct.dtype)
+        flat = out.view(-1).view(torch.uint8).numpy().view(self.words)
+        runs = np.split(tiles, np.flatnonzero(np.diff(tiles) != 1) + 1)
+        for run in runs:  # consecutive tiles decoded together, then the rows they hold copied out
+            t0, count = int(run[0]), len(run)
+            lo, hi = t0 * self.tile, min(self.ct.numel, (t0 + count) * self.tile)
+            scratch = np.empty(hi - lo, dtype=self.words)
+            decode_tiles(self.ct, t0, count, scratch)
+            inside = np.flatnonzero((starts >= lo) & (starts + self.cols <= hi))
+            for i in inside:
+                a = int(starts[i]) - lo
+                flat[i * self.cols : (i + 1) * self.cols] = scratch[a : a + self.cols]
+            # a row split across two runs is impossible: its tiles are consecutive and so in one run
+        return out
+
+
+def _row_forward(module: nn.Embedding, decoder: _RowDecoder, unit: Unit) -> Callable[..., torch.Tensor]:
+    """``module.forward`` over the decoded rows of its input ids only: the ids are renumbered into a compact
+    table of those rows, and the module's own forward runs on it (a pure gather: bit-identical)."""
+    inner = module.forward
+
+    def forward(input: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if input.numel() and (int(input.min()) < 0 or int(input.max()) >= decoder.rows):
+            raise IndexError("index out of range in self")
+        unit.calls += 1
+        rows, inverse = torch.unique(input.reshape(-1).cpu(), sorted=True, return_inverse=True)
+        table = decoder.gather(rows)
+        stand_in, padding = module._parameters["weight"], getattr(module, "padding_idx", None)
+        module._parameters["weight"] = nn.Parameter(table.to(input.device), requires_grad=False)
+        module.padding_idx = None  # it changes only gradients; as a row number it would not fit the table
+        try:
+            return inner(inverse.view(input.shape).to(input.device), *args, **kwargs)
+        finally:
+            module._parameters["weight"] = stand_in
+            module.padding_idx = padding
+
+    return forward
+
+
+def _rows_apply(module: nn.Module, names: Sequence[str], cts: Sequence[CompressedTensor], backend: str,
+                offload: bool) -> bool:  # fmt: skip
+    """Whether a unit is an embedding whose rows can be decoded on demand (the compiled core on the CPU)."""
+    return (
+        isinstance(module, nn.Embedding)
+        and backend == "cpu"
+        and not offload
+        and len(cts) == 1
+        and [n.rpartition(".")[2] for n in names] == ["weight"]
+        and cts[0].version == 2
+        and len(cts[0].shape) == 2
+        and module.max_norm is None
+    )
+
+
 class _CudaDecoder:
     """GPU decoding with floatzip.decode.cuda: the unit's tensors are one batch, decoded by one launch per
     kernel specialisation (one, for the checkpoints floatzip writes). With ``emulated`` the same batch is
@@ -429,7 +535,10 @@ class FloatzipRuntime:
 
     # -- queries -------------------------------------------------------------------------
     def decode_unit(self, unit: Unit) -> dict[str, torch.Tensor]:
-        """Decode ``unit`` into its buffer now; its parameters' views, by name."""
+        """Decode ``unit`` into its buffer now; its parameters' views, by name (a row-decoded embedding,
+        which has no place in the buffer: a fresh tensor)."""
+        if isinstance(unit.decoder, _RowDecoder):
+            return {name: decompress_tensor(unit.decoder.ct).to(unit.device) for name in unit.params}
         unit.decoder.decode(self.buffers[unit.device])
         out = {}
         for name in unit.params:
@@ -507,6 +616,7 @@ class FloatzipRuntime:
         for unit in self.units:
             if unit.handle is not None:
                 unit.handle.remove()
+            unit.module.__dict__.pop("forward", None)  # a row-decoded embedding's own forward, back
         tied: dict[int, nn.Parameter] = {}
         for name, t in decoded.items():
             module, attr = _slot(model, name)
@@ -557,7 +667,6 @@ def install(
     compressed = _decode_outside_units(model, compressed, block_names, target, devices)
     rt._sources = dict(compressed)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    grouped = dict(sorted(assign_units(compressed, block_names).items(), key=lambda kv: order.get(kv[0], len(order))))
 
     def device_of(name: str) -> torch.device:
         if target is not None:
@@ -567,6 +676,16 @@ def install(
         module, attr = _slot(model, name)
         current = module._parameters[attr]
         return current.device if current is not None and current.device.type != "meta" else torch.device("cpu")
+
+    # an embedding decoded by rows is a unit of its own, even inside a block (BERT's embeddings block)
+    by_rows = [
+        n.rpartition(".")[0]
+        for n, ct in compressed.items()
+        if n.rpartition(".")[2] == "weight"
+        and _rows_apply(_slot(model, n)[0], [n], [ct], _pick_backend(backend, device_of(n)), offload)
+    ]
+    grouped = dict(sorted(assign_units(compressed, [*block_names, *by_rows]).items(),
+                          key=lambda kv: order.get(kv[0], len(order))))  # fmt: skip
 
     shared: dict[tuple[torch.device, str, tuple[int, ...]], Any] = {}
     for unit_name, names in grouped.items():
@@ -586,7 +705,10 @@ def install(
                 index[id(ct)] = len(cts)
                 cts.append(ct)
         decoder: Any = shared.get((dev, chosen, tuple(id(ct) for ct in cts)))
-        if decoder is not None:
+        module = model.get_submodule(unit_name) if unit_name else model
+        if _rows_apply(module, names, cts, chosen, offload):
+            decoder = _RowDecoder(cts[0])  # not shared: a tied lm_head needs the whole matrix, in the buffer
+        elif decoder is not None and not isinstance(decoder, _RowDecoder):
             pass  # a unit decoding exactly the same tensors (a tied lm_head): share its compressed copy
         elif chosen in ("cuda", "emulated"):
             decoder = _CudaDecoder(cts, dev, offload, emulated=chosen == "emulated")
@@ -594,8 +716,8 @@ def install(
             decoder = _CpuOffloadDecoder(cts, chosen, rt._staging_for(dev))
         else:
             decoder = _CpuDecoder(cts, chosen)
-        shared[(dev, chosen, tuple(id(ct) for ct in cts))] = decoder
-        module = model.get_submodule(unit_name) if unit_name else model
+        if not isinstance(decoder, _RowDecoder):
+            shared[(dev, chosen, tuple(id(ct) for ct in cts))] = decoder
         unit = Unit(unit_name, module, dev, list(names), decoder)
         for n in names:
             rt.slots[n] = (unit, index[id(compressed[n])])
@@ -622,6 +744,18 @@ def install(
 
     for i, unit in enumerate(rt.units):
         buf = rt.buffers[unit.device]
+        if isinstance(unit.decoder, _RowDecoder):
+            unit.decoder.verify()  # the whole embedding's CRC, once: its forward decodes only rows
+            (n,) = unit.params
+            module, attr = _slot(model, n)
+            dtype, shape = rt.shapes[n]
+            stand_in = torch.zeros(1, dtype=dtype, device=unit.device).expand(shape)  # no data, the right face
+            module._parameters[attr] = nn.Parameter(stand_in, requires_grad=False)
+            assert isinstance(module, nn.Embedding)
+            module.__dict__["forward"] = _row_forward(
+                module, unit.decoder, unit
+            )  # an instance attribute, as in materialize
+            continue
         for n in unit.params:
             module, attr = _slot(model, n)
             dtype, shape = rt.shapes[n]
