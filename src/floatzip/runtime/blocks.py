@@ -457,6 +457,7 @@ class MemoryReport:
     units: int
     largest_unit_bytes: int
     per_device: dict[str, int] = field(default_factory=dict)
+    row_units: int = 0  # embeddings decoded by rows (they take no room in the buffer)
 
     @property
     def resident_bytes(self) -> int:
@@ -487,6 +488,10 @@ class MemoryReport:
         ]
         lines = [f"  {k:<40} {v / mib:10.3f} MiB" for k, v in rows]
         lines.append(f"  {'resident / uncompressed':<40} {100 * self.ratio:9.2f} %  ({self.units} units)")
+        how = f"  each unit decoded just before it runs into one buffer of {self.largest_unit_bytes / mib:.3f} MiB"
+        if self.row_units:
+            how += f"; {self.row_units} embedding(s) decoded only in the rows looked up"
+        lines.append(how)
         return "\n".join(lines)
 
 
@@ -606,6 +611,7 @@ class FloatzipRuntime:
             decoded_bytes=sum(sources.values()),
             units=len(self.units),
             largest_unit_bytes=max((u.nbytes for u in self.units), default=0),
+            row_units=sum(isinstance(u.decoder, _RowDecoder) for u in self.units),
             per_device=per_device,
         )
 
