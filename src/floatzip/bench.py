@@ -14,7 +14,9 @@ Data sets (all BF16, built deterministically):
 Peers, each optional (the ``bench`` extra): ZipNN (``zipnn.ZipNN(method="huffman", input_format="torch")``,
 its default thread count, one call per tensor) and DFloat11's own compressor (``dfloat11_utils``:
 ``get_codec``, ``get_32bit_codec``, ``get_luts``, ``encode_weights``; pure Python, so it is timed on the first
-few MB and runs on a whole set only where that takes under a minute; it has no CPU decoder).
+few MB and runs on a whole set only where that takes under a minute; it has no CPU decoder); z4ai
+(``z4ai.compress(bytes, dtype="bf16")``, default level, per tensor) and lmzip (``lmz.compress`` of one
+safetensors file holding the set, default level: file-level, its times include its own file I/O).
 
 Every tool's output is decoded and compared with the input (integer views) before its speed counts.
 Times are the best of ``repeats`` rounds; the tools alternate within each round.
@@ -32,6 +34,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Callable, Iterator
@@ -197,6 +200,61 @@ class _ZipNN:
 
     def decompress(self, blobs: list[bytes]) -> list[torch.Tensor]:
         return [self.codec.decompress(b) for b in blobs]
+
+
+class _Z4ai:
+    """z4ai's drop-in, ZipNN-like API: ``z4ai.compress(bytes, dtype="bf16")`` per tensor, default level."""
+
+    name = "z4ai"
+
+    def __init__(self, z4ai: ModuleType) -> None:
+        self.z4ai = z4ai
+        self.shapes: list[tuple[int, ...]] = []
+
+    def compress(self, tensors: Named) -> list[bytes]:
+        self.shapes = [tuple(t.shape) for _, t in tensors]  # z4ai's byte API keeps no shape
+        return [bytes(self.z4ai.compress(t.view(torch.int16).numpy().tobytes(), dtype="bf16")) for _, t in tensors]
+
+    def decompress(self, blobs: list[bytes]) -> list[torch.Tensor]:
+        return [torch.frombuffer(bytearray(self.z4ai.decompress(b)), dtype=torch.bfloat16).view(shape)
+                for b, shape in zip(blobs, self.shapes, strict=True)]  # fmt: skip
+
+
+class _Lmzip:
+    """lmzip (``lmz``) works on files: the tensors are one safetensors file (written once, before the clock),
+    compressed into one archive (``lmz.compress``, default level); decompression restores the file and reads
+    its tensors back. Its ratio includes the file's header; its times include its own file I/O (in /tmp)."""
+
+    name = "lmzip"
+
+    def __init__(self, lmz: ModuleType, tensors: Named, scratch: Path) -> None:
+        from safetensors.torch import save_file
+
+        self.lmz = lmz
+        self.shapes = [tuple(t.shape) for _, t in tensors]
+        self.src, self.arc, self.out = scratch / "in.safetensors", scratch / "a.lmz", scratch / "out.safetensors"
+        save_file({f"t{i}": t.contiguous() for i, (_, t) in enumerate(tensors)}, str(self.src))
+
+    def compress(self, tensors: Named) -> list[bytes]:
+        self.arc.unlink(missing_ok=True)
+        with _quiet():
+            self.lmz.compress(str(self.src), str(self.arc))
+        return [self.arc.read_bytes()]
+
+    def decompress(self, blobs: list[bytes]) -> list[torch.Tensor]:
+        from safetensors.torch import load_file
+
+        with _quiet():
+            self.lmz.decompress(str(self.arc), str(self.out), overwrite=True)
+        loaded = load_file(str(self.out))
+        return [loaded[f"t{i}"] for i in range(len(self.shapes))]
+
+
+def _load_module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
 
 
 def _load_zipnn() -> ModuleType | None:
@@ -452,6 +510,8 @@ def run_bench(*, quick: bool = False, synthetic_mb: int = 256, json_out: bool = 
                          "transformer's shapes, values from MiniLM", tiny))  # fmt: skip
 
     zipnn = _load_zipnn()
+    z4ai, lmz = _load_module("z4ai"), _load_module("lmz")
+    scratch = tempfile.TemporaryDirectory(prefix="floatzip-bench-")
     df11 = _load_dfloat11_utils()
     # warm up: compile (or load from cache) every kernel outside the clock
     warm = [("warm", minilm[0][1][:4096].clone())]
@@ -465,7 +525,7 @@ def run_bench(*, quick: bool = False, synthetic_mb: int = 256, json_out: bool = 
             "floatzip_threads": _core.default_threads(),
             "torch_threads": torch.get_num_threads(),
         },
-        "versions": {k: _version(k) for k in ("floatzip", "zipnn", "dfloat11", "torch", "numpy")},
+        "versions": {k: _version(k) for k in ("floatzip", "zipnn", "dfloat11", "z4ai", "lmzip", "torch", "numpy")},
         "quick": quick,
         "repeats": rounds,
         "datasets": [],
@@ -477,6 +537,10 @@ def run_bench(*, quick: bool = False, synthetic_mb: int = 256, json_out: bool = 
         codecs: dict[str, _Rounds] = {"floatzip": _Rounds(_Floatzip(), tensors, fresh_inputs=False)}
         if zipnn is not None:
             codecs["zipnn"] = _Rounds(_ZipNN(zipnn), tensors, fresh_inputs=True)
+        if z4ai is not None:
+            codecs["z4ai"] = _Rounds(_Z4ai(z4ai), tensors, fresh_inputs=False)
+        if lmz is not None:
+            codecs["lmzip"] = _Rounds(_Lmzip(lmz, tensors, Path(scratch.name)), tensors, fresh_inputs=False)
         for i in range(rounds):
             log(f"  round {i + 1}/{rounds}: " + ", ".join(codecs))
             for rounds_of in codecs.values():
@@ -488,6 +552,15 @@ def run_bench(*, quick: bool = False, synthetic_mb: int = 256, json_out: bool = 
         else:
             res["zipnn"] = codecs["zipnn"].result()
             res["zipnn"]["setting"] = "ZipNN(method='huffman', input_format='torch'), default threads"
+        for tool, module, setting in (
+            ("z4ai", z4ai, "z4ai.compress(bytes, dtype='bf16'), default level"),
+            ("lmzip", lmz, "lmz.compress(file), default level; file-level, with I/O"),
+        ):
+            if module is None:
+                res[tool] = {"status": "not installed"}
+            else:
+                res[tool] = codecs[tool].result()
+                res[tool]["setting"] = setting  # fmt: skip
         if df11 is None:
             res["dfloat11"] = {"status": "not installed"}
         else:
@@ -502,6 +575,7 @@ def run_bench(*, quick: bool = False, synthetic_mb: int = 256, json_out: bool = 
             "results": res,
             "floatzip_vs": _ratios(res),
         })  # fmt: skip
+    scratch.cleanup()
     return result
 
 
