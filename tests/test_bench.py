@@ -25,7 +25,7 @@ def test_quick_bench_structure(quick: dict) -> None:
     (ds,) = quick["datasets"]  # quick mode: MiniLM only
     assert ds["name"] == "minilm-bf16"
     assert 0 < ds["bytes"] <= 4_000_000
-    assert set(ds["results"]) == {"floatzip", "zipnn", "dfloat11"}
+    assert set(ds["results"]) == {"floatzip", "zipnn", "z4ai", "lmzip", "dfloat11"}
 
 
 def test_floatzip_round_trip_verified(quick: dict) -> None:
@@ -38,7 +38,7 @@ def test_floatzip_round_trip_verified(quick: dict) -> None:
 
 def test_peers_report_or_say_why(quick: dict) -> None:
     res = quick["datasets"][0]["results"]
-    for name in ("zipnn", "dfloat11"):
+    for name in ("zipnn", "z4ai", "lmzip", "dfloat11"):
         r = res[name]
         assert r["status"] in ("ok", "not installed")
         if r["status"] == "ok":
