@@ -28,15 +28,17 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import torch
 
 from floatzip.convert._df11_decode import Df11Block, decode_block
 from floatzip.errors import FormatError, InputError
 from floatzip.format.checkpoint import CheckpointReport, build_checkpoint, staging_prefix
 from floatzip.format.safetensors_io import Entry, Header, StreamingWriter, iter_files, read_header, read_range
+
+if TYPE_CHECKING:
+    import torch  # imported where a model is built or tensors are made: inspect and detection stay light
 
 BLOCK_PARTS = ("luts", "encoded_exponent", "sign_mantissa", "output_positions", "gaps", "split_positions")
 # dtypes a part may have; output_positions is uint32 stored as bytes (0.5) or as U32
@@ -48,10 +50,14 @@ _Layout = dict[str, _Weights]  # by block prefix, for one file
 INDEX_NAME = "model.safetensors.index.json"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle")
 _FIRST_SAFETENSORS_VERSION = (0, 2)
-_SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
-                       "F8_E5M2": torch.float8_e5m2}  # fmt: skip
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+            "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}[name]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -301,6 +307,8 @@ def _load_model_config(p: Path) -> dict[str, Any]:
 
 def _diffusers_skeleton(arch: Mapping[str, Any], where: Path) -> torch.nn.Module:
     """A diffusers model (FLUX, Wan... transformers; config with ``_class_name``) on the meta device."""
+    import torch
+
     try:
         import diffusers
     except ImportError:
@@ -323,6 +331,8 @@ def _diffusers_skeleton(arch: Mapping[str, Any], where: Path) -> torch.nn.Module
 
 def _skeleton(arch: Mapping[str, Any] | None, where: Path) -> torch.nn.Module:
     """The model, on the meta device (shapes only, no memory), from its transformers or diffusers config."""
+    import torch
+
     if arch is not None and "_class_name" in arch and "model_type" not in arch:
         return _diffusers_skeleton(arch, where)
     if arch is None or "model_type" not in arch:
@@ -364,6 +374,8 @@ def _skeleton(arch: Mapping[str, Any] | None, where: Path) -> torch.nn.Module:
 
 def _block_weights(model: torch.nn.Module, config: Df11Config, prefix: str, where: str) -> _Weights:
     """(name, shape) of the weights a block concatenates, in DF11's order."""
+    import torch
+
     pattern = _matching_pattern(config.pattern_dict, prefix, where)
     if pattern is None:
         raise FormatError(f"{where}: DF11 block {prefix!r} matches no pattern of {CONFIG_KEY}.pattern_dict")
@@ -482,8 +494,10 @@ def iter_df11(path: str | Path, *, model_config: str | Path | None = None) -> It
 
 def read_df11(path: str | Path, *, model_config: str | Path | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) for every tensor of a DF11 checkpoint: :func:`iter_df11` as torch tensors."""
+    import torch
+
     for t in iter_df11(path, model_config=model_config):
-        dtype = _SAFETENSORS_DTYPES[t.dtype]  # torch.frombuffer refuses an empty buffer
+        dtype = _torch_dtype(t.dtype)  # torch.frombuffer refuses an empty buffer
         flat = torch.frombuffer(t.data, dtype=dtype) if t.data else torch.empty(0, dtype=dtype)
         yield t.name, flat.reshape(t.shape)
 
