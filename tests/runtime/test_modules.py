@@ -209,3 +209,20 @@ def test_a_corrupt_embedding_is_refused_at_install(tmp_path: Path) -> None:
     ct = compress_tensor(net.embed.weight.detach(), steps=8)
     with pytest.raises(IntegrityError, match="checksum mismatch"):
         install(Lookup().to(torch.bfloat16), {"embed.weight": dataclasses.replace(ct, data_crc32=ct.data_crc32 ^ 1)})
+
+
+def test_moving_or_casting_a_running_model_is_refused(tmp_path: Path) -> None:
+    # each parameter would become a copy cut off from its unit's buffer: the model would run on stale weights
+    net = _net()
+    compress_model(net, tmp_path / "fz")
+    loaded = load_model(Net().to(torch.bfloat16), tmp_path / "fz", keep_compressed=True)
+    for move in (lambda m: m.to(torch.float32), lambda m: m.to("meta"), lambda m: m.float(), lambda m: m.half()):
+        with pytest.raises(InputError, match="cannot be moved or cast"):
+            move(loaded)
+    assert loaded.to("cpu") is loaded and loaded.to(torch.bfloat16) is loaded  # where and as it already is
+    with torch.no_grad():
+        assert torch.equal(net(IDS), loaded(IDS))
+    rt = runtime_of(loaded)
+    assert rt is not None
+    rt.materialize(loaded)  # decoded for good: an ordinary module again
+    assert loaded.to(torch.float32).embed.weight.dtype == torch.float32

@@ -623,6 +623,7 @@ class FloatzipRuntime:
             if unit.handle is not None:
                 unit.handle.remove()
             unit.module.__dict__.pop("forward", None)  # a row-decoded embedding's own forward, back
+        model.__dict__.pop("_apply", None)  # moves and casts allowed again
         tied: dict[int, nn.Parameter] = {}
         for name, t in decoded.items():
             module, attr = _slot(model, name)
@@ -772,7 +773,30 @@ def install(
     if target is not None:
         _move_rest(model, rt, target)
     setattr(model, RUNTIME_ATTR, rt)
+    if rt.units:
+        _guard_moves(model, rt)
     return rt
+
+
+def _guard_moves(model: nn.Module, rt: FloatzipRuntime) -> None:
+    """Refuse ``model.to(...)``, ``.cuda()``, ``.half()``... that would move or cast the weights: each
+    parameter would become a copy cut off from the decode buffer its unit fills, and the model would run
+    on stale weights without a word. Every such call goes through ``_apply``, whose function is tried on
+    a probe tensor of each unit device first."""
+    inner = model._apply
+
+    def _apply(fn: Callable[[torch.Tensor], torch.Tensor], *args: Any, **kwargs: Any) -> nn.Module:
+        for device in {u.device for u in rt.units}:
+            probe = torch.zeros(1, dtype=torch.bfloat16, device=device)
+            out = fn(probe)
+            if isinstance(out, torch.Tensor) and (out.device != probe.device or out.dtype != probe.dtype):
+                raise InputError(
+                    f"a model running from floatzip weights cannot be moved or cast (to {out.device}, {out.dtype}): "
+                    "load it where it should run (from_pretrained(..., device_map=...), and dtype=)"
+                )
+        return inner(fn, *args, **kwargs)
+
+    model.__dict__["_apply"] = _apply
 
 
 def _move_rest(model: nn.Module, rt: FloatzipRuntime, device: torch.device) -> None:
