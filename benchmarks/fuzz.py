@@ -455,7 +455,7 @@ def main() -> int:
     def spawn(wid: int, start: int) -> None:
         current = ctx.Value("q", -1)
         remaining = max(1.0, args.seconds - (time.monotonic() - t0))
-        p = ctx.Process(target=worker, args=(wid, dataclasses_ns(args, remaining), start, current, results))
+        p = ctx.Process(target=worker, args=(wid, _with_seconds(args, remaining), start, current, results))
         p.start()
         procs[wid] = (p, current, time.monotonic(), -1)
 
@@ -531,7 +531,7 @@ def main() -> int:
     return 1 if escapes or crashes or hangs else 0
 
 
-def dataclasses_ns(args: argparse.Namespace, seconds: float) -> argparse.Namespace:
+def _with_seconds(args: argparse.Namespace, seconds: float) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), "seconds": seconds})
 
 

@@ -386,8 +386,7 @@ class _CudaDecoder:
         only that every lane ends where its length says): run at install, before the model can use the
         weights. The decoded bytes go to the host in chunks (floatzip.decode.cuda.crc32c_of)."""
         self.decode(buffer)
-        if self.batch is not None:
-            self.batch.check()
+        self.check()
         for i, (off, crc) in enumerate(zip(self.offsets, self.crcs, strict=True)):
             if self._cuda.crc32c_of(buffer[off : off + self.sizes[i]]) != crc:
                 raise IntegrityError(f"{self.names[i]}: checksum mismatch after decoding (corrupt data)")

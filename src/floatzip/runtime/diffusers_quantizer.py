@@ -27,10 +27,10 @@ import torch
 from diffusers.quantizers.base import DiffusersQuantizer
 from diffusers.quantizers.quantization_config import QuantizationConfigMixin
 
-from floatzip.errors import InputError, VersionError
+from floatzip.errors import InputError
 from floatzip.format import spec
 from floatzip.runtime import blocks
-from floatzip.runtime.loading import LoadingMixin, is_blob, names_under
+from floatzip.runtime.loading import LoadingMixin, checked_format_version, is_blob, names_under
 
 if TYPE_CHECKING:
     from diffusers.models.modeling_utils import ModelMixin
@@ -49,12 +49,7 @@ class FloatzipDiffusersConfig(QuantizationConfigMixin):
     def __init__(self, format_version: int = spec.FORMAT_VERSION, **kwargs: Any) -> None:
         # diffusers types quant_method as its own enum, which has no member for a method outside diffusers
         self.quant_method = FloatzipMethod.FLOATZIP  # type: ignore[assignment]
-        self.format_version = int(format_version)
-        if self.format_version != spec.FORMAT_VERSION:
-            raise VersionError(
-                f"floatzip format version {self.format_version} is not supported by this floatzip "
-                f"(it reads version {spec.FORMAT_VERSION}); upgrade floatzip"
-            )
+        self.format_version = checked_format_version(format_version)
 
     def to_dict(self) -> dict[str, Any]:
         return {"quant_method": spec.QUANT_METHOD, "format_version": self.format_version}

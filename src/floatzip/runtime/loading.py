@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from floatzip.codec.encode import compress_tensor
-from floatzip.errors import FloatzipError, FormatError, InputError
+from floatzip.errors import FloatzipError, FormatError, InputError, VersionError
 from floatzip.format import spec
 from floatzip.format.blob import CompressedTensor
 from floatzip.format.checkpoint import check_stored_tensors, open_compressed
@@ -31,6 +31,17 @@ from floatzip.format.safetensors_io import read_header
 from floatzip.runtime import blocks
 
 DEFAULT_RATIO = 0.7  # bytes of a blob per original byte, when the checkpoint's headers do not tell
+
+
+def checked_format_version(version: int | str) -> int:
+    """The ``format_version`` of a checkpoint's quantization_config, as an int this floatzip reads."""
+    v = int(version)
+    if v != spec.FORMAT_VERSION:
+        raise VersionError(
+            f"floatzip format version {v} is not supported by this floatzip (it reads version "
+            f"{spec.FORMAT_VERSION}); upgrade floatzip"
+        )
+    return v
 
 
 def is_blob(t: torch.Tensor) -> bool:
@@ -176,4 +187,4 @@ def names_under(model: torch.nn.Module, modules: Sequence[str]) -> set[str]:
     return {n for n, _ in model.named_parameters(remove_duplicate=False) if wanted & set(n.split("."))}
 
 
-__all__ = ["DEFAULT_RATIO", "LoadingMixin", "is_blob", "names_under"]
+__all__ = ["DEFAULT_RATIO", "LoadingMixin", "checked_format_version", "is_blob", "names_under"]

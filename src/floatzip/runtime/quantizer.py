@@ -28,11 +28,11 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from floatzip.decode import decompress_tensor
-from floatzip.errors import FloatzipError, InputError, VersionError
+from floatzip.errors import FloatzipError, InputError
 from floatzip.format import spec
 from floatzip.format.blob import CompressedTensor
 from floatzip.runtime import _df11_guard, blocks
-from floatzip.runtime.loading import LoadingMixin
+from floatzip.runtime.loading import LoadingMixin, checked_format_version
 from floatzip.runtime.loading import is_blob as _is_blob
 
 
@@ -59,14 +59,9 @@ class FloatzipConfig(QuantizationConfigMixin):
         **kwargs: Any,
     ) -> None:
         self.quant_method = spec.QUANT_METHOD  # type: ignore[assignment]
-        self.format_version = int(format_version)
+        self.format_version = checked_format_version(format_version)
         self.offload = bool(offload)
         self.backend = backend
-        if self.format_version != spec.FORMAT_VERSION:
-            raise VersionError(
-                f"floatzip format version {self.format_version} is not supported by this floatzip "
-                f"(it reads version {spec.FORMAT_VERSION}); upgrade floatzip"
-            )
 
     def to_dict(self) -> dict[str, Any]:
         return {"quant_method": spec.QUANT_METHOD, "format_version": self.format_version}

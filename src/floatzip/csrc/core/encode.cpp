@@ -16,6 +16,19 @@ namespace {
 constexpr uint64_t HIST_SLICE = 1 << 18;  // fewest elements worth a thread of the histogram
 constexpr uint64_t WORD_TABLE_MIN = 1 << 17;  // a 16-bit tensor this large is coded through a 64K-entry table
 
+// Append the low ``nbits`` (at most 32) of ``bits`` to one lane's raw words: the lane's words are LANES apart
+// (raw fields interleaved by lane), ``acc`` holds the ``have`` (< 32) bits not yet complete. The current word
+// is stored on every call (branch-free); ``o`` moves on only once it is full.
+inline void raw_put(uint64_t& acc, uint32_t& have, uint32_t*& o, uint64_t bits, uint32_t nbits) {
+  acc |= bits << have;
+  have += nbits;
+  const uint32_t done = have >> 5;  // 0 or 1
+  *o = uint32_t(acc);
+  o += done * LANES;
+  acc >>= done * 32;
+  have -= done * 32;
+}
+
 // Counts of (w >> shift) & mask over [lo, hi), added to h (nb bins). Slices of at most 2^32 - 1 elements:
 // the counters are 32-bit. Large slices use four sub-histograms, so that runs of one symbol do not
 // serialise on one counter; small ones one (zeroing four would cost more than it saves).
@@ -158,13 +171,7 @@ void encode_tile_t(const W* w, const Plan& plan, uint32_t t, uint32_t* lane_bits
             for (uint32_t v = 0; v < 8; v += K) {
               uint64_t chunk = 0;
               for (uint32_t k = 0; k < K; ++k) chunk |= uint64_t(f[v + k]) << (k * R);
-              acc |= chunk << have;  // have < 32 and K R <= 32: fits in 64 bits
-              have += K * R;
-              const uint32_t done = have >> 5;  // 0 or 1
-              *o = uint32_t(acc);
-              o += done * LANES;
-              acc >>= done * 32;
-              have -= done * 32;
+              raw_put(acc, have, o, chunk, K * R);  // have < 32 and K R <= 32: fits in 64 bits
             }
             racc[c] = acc;
             rhave[c] = have;
@@ -205,13 +212,7 @@ void encode_tile_t(const W* w, const Plan& plan, uint32_t t, uint32_t* lane_bits
       uint32_t have = rhave[c];
       uint32_t* o = rout[c];
       for (uint32_t v = 0; v < group; ++v) {
-        acc |= uint64_t(field(y[v])) << have;
-        have += r;
-        const uint32_t done = have >> 5;
-        *o = uint32_t(acc);
-        o += done * LANES;
-        acc >>= done * 32;
-        have -= done * 32;
+        raw_put(acc, have, o, field(y[v]), r);
       }
       racc[c] = acc;
       rhave[c] = have;
