@@ -119,18 +119,18 @@ def pipe(op: str, text: str) -> str:
     return "other"
 
 
-def main_loop(ins: list[tuple[int, str]]) -> Loop | None:
-    """The longest loop's hot path: basic blocks that hold no CALL (the long-code slow path is a call)."""
+def loop_blocks(ins: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
+    """The basic blocks of the longest loop (the longest backward branch), split after every branch and at
+    every branch target inside it; empty when there is no loop."""
     loops = []
     for addr, text in ins:
         m = re.search(r"\bBRA\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", text)
         if m and m.group(1) and int(m.group(1), 16) < addr:
             loops.append((int(m.group(1), 16), addr))
     if not loops:
-        return None
+        return []
     head, tail = max(loops, key=lambda lp: lp[1] - lp[0])
     body = [(a, t) for a, t in ins if head <= a <= tail]
-    # basic blocks: split after every branch and at every branch target inside the loop
     targets = {int(m.group(1), 16) for _, t in body for m in [re.search(r"\bBRA\s+0x([0-9a-f]+)", t)] if m}
     blocks: list[list[tuple[int, str]]] = [[]]
     for a, t in body:
@@ -139,16 +139,27 @@ def main_loop(ins: list[tuple[int, str]]) -> Loop | None:
         blocks[-1].append((a, t))
         if opcode(t) in ("BRA", "EXIT", "RET"):
             blocks.append([])
+    return [b for b in blocks if b]
+
+
+def count_pipes(texts: list[str]) -> dict[str, float]:
+    pipes: dict[str, float] = collections.Counter()
+    for t in texts:
+        op = opcode(t)
+        pipes[pipe(op, t)] += 2.0 if (op == "IMAD" and ".WIDE" in t) else 1.0
+    return dict(pipes)
+
+
+def main_loop(ins: list[tuple[int, str]]) -> Loop | None:
+    """The longest loop's hot path: basic blocks that hold no CALL (the long-code slow path is a call)."""
+    blocks = loop_blocks(ins)
+    if not blocks:
+        return None
     hot = [t for b in blocks if not any(opcode(t) == "CALL" for _, t in b) for _, t in b]
     cold = sum(len(b) for b in blocks if any(opcode(t) == "CALL" for _, t in b))
     ops = collections.Counter(opcode(t) for t in hot)
-    pipes: dict[str, float] = collections.Counter()
-    for t in hot:
-        op = opcode(t)
-        p = pipe(op, t)
-        pipes[p] += 2.0 if (op == "IMAD" and ".WIDE" in t) else 1.0
     symbols = ops.get("LDS", 0)
-    return Loop("", len(hot), symbols, dict(ops.most_common()), dict(pipes), cold)
+    return Loop("", len(hot), symbols, dict(ops.most_common()), count_pipes(hot), cold)
 
 
 def occupancy(registers: int, smem: int, threads: int = 128) -> int:

@@ -10,7 +10,9 @@
 # 3. benchmarks/gpu_decode.py: floatzip's kernel, a device copy (the ceiling) and, when the dfloat11 and
 #    dahuffman wheels were carried in .whl/ (pip download --no-deps dfloat11==0.5.0 dahuffman==0.4.2), DFloat11's
 #    own kernel, on 16 MB to 1 GB tensors and a Llama-8B block;
-# 4. ncu on one decode launch: L1 hit rate, pipe utilisation, achieved bandwidth.
+# 4. benchmarks/gpu_gemv.py: the fused decode-GEMV against torch's BF16 matmul on Llama-3.1-8B shapes, batch 1
+#    and 8, with the default tiles and 256 symbols per lane (its kernel checked against the host twin first);
+# 5. ncu on one decode launch: L1 hit rate, pipe utilisation, achieved bandwidth.
 # Meant to end within 8 minutes on an H100/H200.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
@@ -22,8 +24,11 @@ if ls .whl/*.whl > /dev/null 2>&1; then
 fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 timeout 240 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3 | tee "$OUT/build.txt"
-timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/decode/test_cuda.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
+timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/decode/test_cuda.py tests/decode/test_gemv.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
 timeout 300 python3 benchmarks/gpu_decode.py --json "$OUT/gpu_decode.json" 2>&1 | tee "$OUT/gpu_decode.txt"
+timeout 150 python3 benchmarks/gpu_gemv.py --iters 30 --json "$OUT/gpu_gemv.json" 2>&1 | tee "$OUT/gpu_gemv.txt"
+timeout 120 python3 benchmarks/gpu_gemv.py --iters 30 --steps 32 --json "$OUT/gpu_gemv_256.json" 2>&1 \
+  | tee "$OUT/gpu_gemv_256.txt"
 if command -v ncu > /dev/null; then
   timeout 120 ncu --clock-control none -k regex:decode_kernel -c 2 \
     --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,l1tex__t_sector_hit_rate.pct,sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum \

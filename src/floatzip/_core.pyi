@@ -144,3 +144,56 @@ def decode_batch_host(
     """
     Decode a batch's arrays on the CPU exactly as the decode kernel does on the GPU.
     """
+
+GEMV_MAX_BATCH: int = 8
+
+def validate_gemv(
+    jobs: object,
+    tiles: object,
+    codes: object,
+    raw: object,
+    deltas: object,
+    primaries: object,
+    longcs: object,
+    long_patterns: object,
+    long_at: object,
+    seg_base: object,
+    row_seg: object,
+    in_features: int,
+    rows: int,
+    batch: int,
+    path: int,
+    x_len: int,
+    partials_len: int,
+    y_len: int,
+) -> None:
+    """Check every index the fused GEMV kernel reads by."""
+
+def gemv_host(
+    jobs: object,
+    tiles: object,
+    codes: object,
+    raw: object,
+    deltas: object,
+    primaries: object,
+    longcs: object,
+    long_patterns: object,
+    long_at: object,
+    x: object,
+    seg_base: object,
+    row_seg: object,
+    partials: object,
+    y: object,
+    errors: object,
+    in_features: int,
+    rows: int,
+    batch: int,
+    path: int,
+    r: int,
+    long_codes: bool,
+    f16: bool,
+    threads: int = 0,
+) -> None:
+    """
+    The fused GEMV (Y = X W^T) of a one-tensor batch on the CPU, exactly as the kernel computes it.
+    """

@@ -371,8 +371,21 @@ FZ_HD void block_pairs(Window& w, const Code& code, const u32* rw, u32* words) {
   }
 }
 
-template <u32 R, bool LONG>
-FZ_HD bool lane16_fast(const LaneJob& job, const Code& code, u16* out, u64 step_stride, u16* tail_out) {
+// What a 16-bit lane does with its decoded words: the decoder stores them, the fused GEMV (fz_gemv.h)
+// multiplies them into its dot products. `step(j, w)` receives full step j's 8 elements as 4 words (element
+// 2i in the low half of w[i], 2i + 1 in the high half), steps in order; `block_end()` follows every 4 steps of
+// the main loop (not the last tile's remaining steps); `tail(k, v)` receives the lane's tail element k.
+struct StoreSink16 {
+  u16* out;
+  u64 step_stride;
+  u16* tail_out;
+  FZ_HD void step(u64 j, const u32* w) { store16(out + j * step_stride, w[0], w[1], w[2], w[3]); }
+  FZ_HD void block_end() {}
+  FZ_HD void tail(u32 k, u32 v) { tail_out[k] = u16(v); }
+};
+
+template <u32 R, bool LONG, class Sink>
+FZ_HD bool lane16_run(const LaneJob& job, const Code& code, Sink& sink) {
   Window w;
   w.init(job.codes, job.start);
   const u32* raw = job.raw;
@@ -385,30 +398,36 @@ FZ_UNROLL
     u32 words[16];
     block_pairs<R, LONG, 0>(w, code, rw, words);
 FZ_UNROLL
-    for (int s = 0; s < 4; ++s) {
-      store16(out + (4 * b + s) * step_stride, words[4 * s], words[4 * s + 1], words[4 * s + 2], words[4 * s + 3]);
-    }
+    for (int s = 0; s < 4; ++s) sink.step(4 * b + s, words + 4 * s);
+    sink.block_end();
   }
   // the last tile's remaining full steps and tail: one element at a time
   RawReader rr;
   rr.init(raw, 32);
   for (u64 j = blocks * 4; j < job.full_steps; ++j) {
-    u16* o = out + j * step_stride;
-    for (u32 k = 0; k < 8; k += 2) {
+    u32 o[4];
+    for (u32 k = 0; k < 4; ++k) {
       u32 e1, e2;
       pair_fast<LONG>(w, code, e1, e2);
       w.refill();
-      o[k] = u16(assemble(e1, rr.get(R), R - 1, 16));
-      o[k + 1] = u16(assemble(e2, rr.get(R), R - 1, 16));
+      const u32 a = assemble(e1, rr.get(R), R - 1, 16);
+      o[k] = Pack<16>::two(a, assemble(e2, rr.get(R), R - 1, 16));
     }
+    sink.step(j, o);
   }
   for (u32 k = 0; k < job.tail_count; ++k) {
     u32 e = entry_of<LONG>(code, w.peek16());
     w.pos += e & ENTRY_LEN_MASK;
     w.refill();
-    tail_out[k] = u16(assemble(e, raw_field_at(job.tail_raw, job.tail_first + k, R), R - 1, 16));
+    sink.tail(k, assemble(e, raw_field_at(job.tail_raw, job.tail_first + k, R), R - 1, 16));
   }
   return w.bit(job.codes) == job.end;
+}
+
+template <u32 R, bool LONG>
+FZ_HD bool lane16_fast(const LaneJob& job, const Code& code, u16* out, u64 step_stride, u16* tail_out) {
+  StoreSink16 sink{out, step_stride, tail_out};
+  return lane16_run<R, LONG>(job, code, sink);
 }
 
 }  // namespace fz

@@ -163,3 +163,25 @@ DECODER_OPTIONS = ["--maxrregcount=96"]
 
 def compile_decoder(arch: str, names: list[str] | None = None) -> Compiled:
     return compile_source(kernel_source(), names or decode_kernel_names(), arch, DECODER_OPTIONS)
+
+
+GEMV_SOURCE = "fz_gemv.cu"
+GEMV_FINISH = "fz::gemv_finish"
+# the fused GEMV holds up to 8 fp32 accumulators per lane besides the decoder's state
+GEMV_OPTIONS = ["--maxrregcount=128"]
+
+
+def gemv_source() -> str:
+    return (csrc_dir() / GEMV_SOURCE).read_text()
+
+
+def gemv_kernel_name(raw_bits: int, long_codes: bool, batch: int, f16: bool, path: int) -> str:
+    """The fused decode-GEMV for a raw width, long codes, rows of X (1..8), W's dtype (F16 or BF16) and its
+    path (2: ``in % 1024 == 0``, 1: ``in % 256 == 0``, 0: any shape; see fz_gemv.cu)."""
+    b, f = ("true" if long_codes else "false"), ("true" if f16 else "false")
+    return f"fz::gemv_kernel<{raw_bits}u, {b}, {batch}, {f}, {path}>"
+
+
+def compile_gemv(arch: str, names: list[str]) -> Compiled:
+    """The GEMV kernels ``names`` (from :func:`gemv_kernel_name`) and the finishing pass, for ``arch``."""
+    return compile_source(gemv_source(), [*names, GEMV_FINISH], arch, GEMV_OPTIONS, filename=GEMV_SOURCE)

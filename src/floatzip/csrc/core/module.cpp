@@ -21,6 +21,8 @@
 #include "core/decode_v1.h"
 #include "core/df11.h"
 #include "core/encode.h"
+#include "core/gemv.h"
+#include "fz_gemv.h"
 #include "core/huffman.h"
 #include "core/pool.h"
 
@@ -357,6 +359,71 @@ void decode_batch_host_py(nb::handle jobs, nb::handle tiles, nb::handle codes, n
   decode_batch_host(b.a, b.n.jobs, bits, r, long_codes, threads);
 }
 
+// The fused GEMV's arrays beside a decode batch's. x, partials and y may be None (validation only: then
+// x_len, partials_len and y_len stand for them).
+struct GemvBuffers {
+  Buffer seg_base, row_seg;
+  std::unique_ptr<Buffer> x, partials, y;
+  GemvArrays g;
+  GemvSizes s;
+  GemvBuffers(nb::handle x_, nb::handle seg_base_, nb::handle row_seg_, nb::handle partials_, nb::handle y_,
+              uint64_t in, uint64_t rows, uint32_t nbatch, int path, size_t x_len, size_t partials_len, size_t y_len)
+      : seg_base(seg_base_, false, "seg_base"), row_seg(row_seg_, false, "row_seg") {
+    if (!x_.is_none()) x = std::make_unique<Buffer>(x_, false, "x");
+    if (!partials_.is_none()) partials = std::make_unique<Buffer>(partials_, true, "partials");
+    if (!y_.is_none()) y = std::make_unique<Buffer>(y_, true, "y");
+    std::vector<const Buffer*> all = {&seg_base, &row_seg};
+    for (const auto* b : {x.get(), partials.get(), y.get()}) if (b) all.push_back(b);
+    for (const Buffer* b : all) {
+      if (reinterpret_cast<uintptr_t>(b->data()) % 16 && b->size()) throw nb::value_error("GEMV arrays must be 16-aligned");
+      if (b->size() % 4) throw nb::value_error("GEMV arrays hold 4- or 8-byte elements");
+    }
+    if (seg_base.size() % 8 || row_seg.size() % 8) throw nb::value_error("segment tables are uint64");
+    s = GemvSizes{x ? x->size() / 4 : x_len, seg_base.size() / 8, row_seg.size() / 8,
+                  partials ? partials->size() / 4 : partials_len, y ? y->size() / 4 : y_len, in, rows, nbatch, path};
+    g = GemvArrays{x ? reinterpret_cast<const float*>(x->data()) : nullptr,
+                   reinterpret_cast<const u64*>(seg_base.data()), reinterpret_cast<const u64*>(row_seg.data()),
+                   partials ? reinterpret_cast<float*>(partials->data()) : nullptr,
+                   y ? reinterpret_cast<float*>(y->data()) : nullptr};
+  }
+};
+
+void validate_gemv_py(nb::handle jobs, nb::handle tiles, nb::handle codes, nb::handle raw, nb::handle deltas,
+                      nb::handle primaries, nb::handle longcs, nb::handle long_patterns, nb::handle long_at,
+                      nb::handle seg_base, nb::handle row_seg, uint64_t in, uint64_t rows, uint32_t nbatch, int path,
+                      size_t x_len, size_t partials_len, size_t y_len) {
+  // W is never written: its tiles' "output" is W's extent, rows * in 16-bit words
+  BatchBuffers b(jobs, tiles, codes, raw, deltas, primaries, longcs, long_patterns, long_at, nb::none(), nb::none(),
+                 2 * rows * in);
+  GemvBuffers gb(nb::none(), seg_base, row_seg, nb::none(), nb::none(), in, rows, nbatch, path, x_len, partials_len,
+                 y_len);
+  try {
+    validate_gemv(b.a, b.n, gb.g, gb.s);
+  } catch (const std::invalid_argument& e) {
+    throw nb::value_error(e.what());
+  }
+}
+
+void gemv_host_py(nb::handle jobs, nb::handle tiles, nb::handle codes, nb::handle raw, nb::handle deltas,
+                  nb::handle primaries, nb::handle longcs, nb::handle long_patterns, nb::handle long_at, nb::handle x,
+                  nb::handle seg_base, nb::handle row_seg, nb::handle partials, nb::handle y, nb::handle errors,
+                  uint64_t in, uint64_t rows, uint32_t nbatch, int path, uint32_t r, bool long_codes, bool f16,
+                  int threads) {
+  if (x.is_none() || partials.is_none() || y.is_none() || errors.is_none())
+    throw nb::value_error("x, partials, y and errors are needed");
+  BatchBuffers b(jobs, tiles, codes, raw, deltas, primaries, longcs, long_patterns, long_at, nb::none(), errors,
+                 2 * rows * in);
+  GemvBuffers gb(x, seg_base, row_seg, partials, y, in, rows, nbatch, path, 0, 0, 0);
+  try {
+    validate_gemv(b.a, b.n, gb.g, gb.s);
+  } catch (const std::invalid_argument& e) {
+    throw nb::value_error(e.what());
+  }
+  threads = threads_or_default(threads);
+  nb::gil_scoped_release nogil;
+  gemv_host(b.a, b.n, gb.g, gb.s, r, long_codes, f16, threads);
+}
+
 // The long-code table of one code as the bytes of the LongCodes struct the kernel reads.
 nb::bytes longcodes_bytes(nb::handle lengths, uint32_t shift, int bits) {
   Buffer ln(lengths, false, "lengths");
@@ -442,4 +509,16 @@ NB_MODULE(_core, m) {
         nb::arg("raw"), nb::arg("deltas"), nb::arg("primaries"), nb::arg("longcs"), nb::arg("long_patterns"),
         nb::arg("long_at"), nb::arg("out"), nb::arg("errors"), nb::arg("bits"), nb::arg("r"), nb::arg("long_codes"),
         nb::arg("threads") = 0, "Decode a batch's arrays on the CPU exactly as the decode kernel does on the GPU.");
+  m.attr("GEMV_MAX_BATCH") = GEMV_MAX_BATCH;
+  m.def("validate_gemv", &validate_gemv_py, nb::arg("jobs"), nb::arg("tiles"), nb::arg("codes"), nb::arg("raw"),
+        nb::arg("deltas"), nb::arg("primaries"), nb::arg("longcs"), nb::arg("long_patterns"), nb::arg("long_at"),
+        nb::arg("seg_base"), nb::arg("row_seg"), nb::arg("in_features"), nb::arg("rows"), nb::arg("batch"),
+        nb::arg("path"), nb::arg("x_len"), nb::arg("partials_len"), nb::arg("y_len"),
+        "Check every index the fused GEMV kernel reads by.");
+  m.def("gemv_host", &gemv_host_py, nb::arg("jobs"), nb::arg("tiles"), nb::arg("codes"), nb::arg("raw"),
+        nb::arg("deltas"), nb::arg("primaries"), nb::arg("longcs"), nb::arg("long_patterns"), nb::arg("long_at"),
+        nb::arg("x"), nb::arg("seg_base"), nb::arg("row_seg"), nb::arg("partials"), nb::arg("y"), nb::arg("errors"),
+        nb::arg("in_features"), nb::arg("rows"), nb::arg("batch"), nb::arg("path"), nb::arg("r"),
+        nb::arg("long_codes"), nb::arg("f16"), nb::arg("threads") = 0,
+        "The fused GEMV (Y = X W^T) of a one-tensor batch on the CPU, exactly as the kernel computes it.");
 }
