@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,7 @@ from floatzip.format.blob import CompressedTensor
 from floatzip.format.checkpoint import CompressedFile, open_compressed
 from floatzip.format.safetensors_io import read_header
 from floatzip.format.spec import align
-from floatzip.runtime import blocks
+from floatzip.runtime import blocks, ops
 from floatzip.runtime.loading import checked_format_version, is_blob
 
 logger = logging.getLogger(__name__)
@@ -78,26 +79,31 @@ LOAD_FORMAT = spec.QUANT_METHOD
 # the decode buffer of each device
 
 
-class _Workspace:
-    """One flat byte buffer per device, as large as the largest layer decoded into it. Sized while the
-    model loads (before vLLM profiles memory or captures graphs), never reallocated by a forward."""
+class _DeviceBuffer:
+    """One device's decode buffer; layers hold this holder, so that growing the buffer reaches them all."""
 
     def __init__(self) -> None:
-        self._buffers: dict[torch.device, torch.Tensor] = {}
+        self.tensor: torch.Tensor | None = None
+
+
+class _Workspace:
+    """One flat byte buffer per device, as large as the largest layer decoded into it. Sized while the
+    model loads (before vLLM profiles memory, compiles or captures graphs), never reallocated by a forward."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[torch.device, _DeviceBuffer] = {}
         self._lock = threading.Lock()
 
-    def reserve(self, device: torch.device, nbytes: int) -> None:
+    def reserve(self, device: torch.device, nbytes: int) -> _DeviceBuffer:
         with self._lock:
-            have = self._buffers.get(device)
-            if have is None or have.numel() < nbytes:
-                self._buffers[device] = torch.empty(align(nbytes, blocks.ALIGN), dtype=torch.uint8, device=device)
-
-    def get(self, device: torch.device) -> torch.Tensor:
-        return self._buffers[device]
+            holder = self._buffers.setdefault(device, _DeviceBuffer())
+            if holder.tensor is None or holder.tensor.numel() < nbytes:
+                holder.tensor = torch.empty(align(nbytes, blocks.ALIGN), dtype=torch.uint8, device=device)
+            return holder
 
     def nbytes(self, device: torch.device) -> int:
-        b = self._buffers.get(device)
-        return 0 if b is None else b.numel()
+        holder = self._buffers.get(device)
+        return 0 if holder is None or holder.tensor is None else holder.tensor.numel()
 
 
 WORKSPACE = _Workspace()
@@ -116,14 +122,26 @@ class _Packed:
     dtype: torch.dtype
     nbytes: int  # of the code held on the device
     device: torch.device
+    buffer: _DeviceBuffer
     ct: CompressedTensor | None  # on the CPU, the record when the weight is one (for row lookups)
     cts: list[CompressedTensor] = field(default_factory=list)  # on the CPU, the parts (their blobs resident)
+    key: int = 0  # the decoder's key for torch.ops.floatzip.decode_into
+    rows_key: int = 0  # on the CPU, a 2-D weight's key for torch.ops.floatzip.embedding_rows
+
+    def __post_init__(self) -> None:
+        self.key = ops.register(self.decoder.decode)
+        weakref.finalize(self, ops.unregister, self.key)
+        if self.ct is not None and self.ct.version == 2 and len(self.shape) == 2:
+            self.rows_key = ops.register_rows(_row_gather(self.ct), self.shape[1], self.dtype)
+            weakref.finalize(self, ops.unregister_rows, self.rows_key)
 
     def decoded(self) -> torch.Tensor:
-        """The weight, decoded into the device's buffer (valid until the next layer decodes)."""
-        buffer = WORKSPACE.get(self.device)
-        self.decoder.decode(buffer)
-        return blocks.buffer_view(buffer, 0, self.dtype, self.shape)
+        """The weight, decoded into the device's buffer (valid until the next layer decodes). One custom
+        operator, so that torch.compile keeps the graph whole and CUDA graphs record the launch."""
+        buffer = self.buffer.tensor
+        assert buffer is not None
+        torch.ops.floatzip.decode_into(buffer, self.key)
+        return buffer[: math.prod(self.shape) * self.dtype.itemsize].view(self.dtype).view(self.shape)
 
     def host_copy(self) -> torch.Tensor:
         """The decoded weight in host memory (its own tensor)."""
@@ -133,10 +151,8 @@ class _Packed:
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of a 2-D weight (an embedding lookup); on the CPU only their tiles are decoded."""
-        if self.ct is not None and self.ct.version == 2 and len(self.shape) == 2:
-            unique, inverse = torch.unique(ids.reshape(-1), sorted=True, return_inverse=True)
-            rows = blocks._RowDecoder(self.ct).gather(unique)
-            return rows[inverse].view(*ids.shape, self.shape[1])
+        if self.rows_key:
+            return torch.ops.floatzip.embedding_rows(ids.reshape(-1), self.rows_key).view(*ids.shape, self.shape[1])
         return torch.nn.functional.embedding(ids, self.decoded())
 
 
@@ -235,6 +251,19 @@ class _Slot:
         return self.param
 
 
+def _row_gather(ct: CompressedTensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Rows of a 2-D record by flat ids (any order, repeats allowed), decoding only the tiles that hold them."""
+    decoder = blocks._RowDecoder(ct)
+
+    def gather(ids: torch.Tensor) -> torch.Tensor:
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= decoder.rows):
+            raise IndexError("index out of range in self")
+        unique, inverse = torch.unique(ids.cpu(), sorted=True, return_inverse=True)
+        return decoder.gather(unique)[inverse].to(ids.device)
+
+    return gather
+
+
 def _stand_in(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A tensor of the weight's shape, dtype and device that holds one element (reads as zeros)."""
     return torch.zeros((), dtype=dtype, device=device).expand(shape)
@@ -248,16 +277,18 @@ def _pack(cts: list[CompressedTensor], shape: torch.Size, device: torch.device, 
     nbytes = math.prod(shape) * cts[0].layout.nbytes
     if any(ct.dtype != dtype for ct in cts) or sum(ct.original_nbytes for ct in cts) != nbytes:
         raise InputError(f"{where}: its parts do not make a {dtype} weight of shape {list(shape)}")
-    WORKSPACE.reserve(device, nbytes)
+    buffer = WORKSPACE.reserve(device, nbytes)
     if device.type == "cuda":
         decoder: Any = blocks._CudaDecoder(cts, device, offload=False, emulated=False)
         decoder.names = [f"{where} (part {i})" for i in range(len(cts))]
-        decoder.verify(WORKSPACE.get(device))
-        return _Packed(decoder, tuple(shape), dtype, decoder.stored_nbytes, device, None)
+        assert buffer.tensor is not None
+        decoder.verify(buffer.tensor)
+        return _Packed(decoder, tuple(shape), dtype, decoder.stored_nbytes, device, buffer, None)
     if device.type != "cpu":
         raise InputError(f"{where}: floatzip decodes on CUDA devices and the CPU, not {device}")
     one = cts[0] if len(cts) == 1 and cts[0].shape == tuple(shape) else None
-    return _Packed(blocks._CpuDecoder(cts, "cpu"), tuple(shape), dtype, sum(ct.nbytes for ct in cts), device, one, cts)
+    nbytes_code = sum(ct.nbytes for ct in cts)
+    return _Packed(blocks._CpuDecoder(cts, "cpu"), tuple(shape), dtype, nbytes_code, device, buffer, one, cts)
 
 
 def _slot_of(layer: torch.nn.Module) -> _Slot:
