@@ -117,6 +117,9 @@ def z4ai_file(src: Path) -> dict[str, Any]:
     return {"bytes": len(packed), "verified": zst.decompress_bytes(packed) == raw}
 
 
+PEERS = {"zipnn": zipnn_file, "z4ai": z4ai_file}
+
+
 def describe(src: Path) -> dict[str, Any]:
     data = src.read_bytes()
     n = struct.unpack_from("<Q", data)[0]
@@ -138,10 +141,9 @@ def main() -> int:
             work = root / f"{name}-work"
             work.mkdir()
             row: dict[str, Any] = {"file": describe(src), "floatzip": floatzip_file(src, work)}
-            for tool, fn in (("zipnn", lambda: zipnn_file(src)), ("lmzip", lambda: lmzip_file(src, work)),
-                             ("z4ai", lambda: z4ai_file(src))):  # fmt: skip
+            for tool in ("zipnn", "lmzip", "z4ai"):
                 try:
-                    row[tool] = fn()
+                    row[tool] = lmzip_file(src, work) if tool == "lmzip" else PEERS[tool](src)
                 except ImportError:
                     row[tool] = {"status": "not installed"}
             results[name] = row
