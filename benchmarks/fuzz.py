@@ -29,6 +29,7 @@ Exit status 1 if anything escaped, crashed or hung.
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import ctypes
 import dataclasses
@@ -176,10 +177,18 @@ def mutate_file(name: str, data: bytes, rng: np.random.Generator, others: list[b
             n = struct.unpack_from("<Q", data)[0]
             header = json.loads(data[8 : 8 + n])
             meta = header.get("__metadata__", {})
-            nested = [k for k in meta if k in ("floatzip.encoded", "floatzip.crc32c")]
-            if nested and rng.random() < 0.4:
+            # the floatzip records inside the metadata: JSON (v2's lists and maps, v3's header recipe) mutated as
+            # JSON, base64 (v3's blob bitmap and checksums, a stored original header) as the bytes they hold
+            nested = [k for k in meta if k in ("floatzip.encoded", "floatzip.crc32c", "floatzip.header")]
+            packed = [k for k in meta if k in ("floatzip.blobs", "floatzip.crcs", "floatzip.original_header")]
+            r = rng.random()
+            if nested and r < 0.3:
                 k = nested[int(rng.integers(len(nested)))]
                 meta[k] = json.dumps(mutate_json(json.loads(meta[k]), rng))
+            elif packed and r < 0.5:
+                k = packed[int(rng.integers(len(packed)))]
+                inner = mutate(base64.b64decode(meta[k]), rng, others, header=16)
+                meta[k] = base64.b64encode(bytes(inner)).decode()
             else:
                 header = mutate_json(header, rng)
             raw = json.dumps(header).encode()

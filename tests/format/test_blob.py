@@ -16,7 +16,7 @@ import floatzip
 from floatzip import _core
 from floatzip.decode import cuda, decode_words
 from floatzip.errors import FloatzipError, FormatError, IntegrityError, VersionError
-from floatzip.format.spec import BLOB_MAGIC, FORMAT_VERSION
+from floatzip.format.spec import BLOB_MAGIC, BLOB_VERSION
 
 GOLDEN_V1 = Path(__file__).resolve().parents[1] / "golden" / "v1" / "blobs"
 
@@ -36,7 +36,7 @@ def with_crc(b: bytearray) -> bytes:
 
 def test_header_fields_are_where_the_spec_says(blob: bytes) -> None:
     assert blob[:4] == BLOB_MAGIC
-    assert struct.unpack_from("<H", blob, 4)[0] == FORMAT_VERSION == 2
+    assert struct.unpack_from("<H", blob, 4)[0] == BLOB_VERSION == 2  # format version 3 kept the v2 blob
     assert blob[6] == 0 and blob[7] == 1  # BF16, one dimension
     assert blob[11] == 1 and blob[12] == 0  # one table, lane map 0
     steps, n_tiles, numel = struct.unpack_from("<IIQ", blob, 16)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from floatzip.format.blob import CompressedTensor
 from floatzip.format.checkpoint import (
     compress_checkpoint,
     decompress_checkpoint,
+    open_compressed,
     read_compressed_file,
     verify_checkpoint,
 )
@@ -55,7 +55,7 @@ def test_sharded_directory_with_index_and_subdirs(tmp_path: Path) -> None:
     restored = round_trip(src, tmp_path)
     assert digests(restored) == digests(src)
     config = json.loads((tmp_path / "c" / "config.json").read_text())
-    assert config["quantization_config"] == {"quant_method": "floatzip", "format_version": 2}
+    assert config["quantization_config"] == {"quant_method": "floatzip", "format_version": 3}
     assert (tmp_path / "c" / "model.safetensors.index.json").read_bytes() == (
         src / "model.safetensors.index.json"
     ).read_bytes()
@@ -77,13 +77,20 @@ def test_compressed_file_is_plain_safetensors_with_blobs(small_file: Path, tmp_p
     path = tmp_path / "c" / "model.safetensors"
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        assert meta[spec.META_VERSION] == "2"
-        encoded = json.loads(meta[spec.META_ENCODED])
+        assert meta[spec.META_VERSION] == "3"
+        names = list(json.loads(path.read_bytes()[8 : 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]]))[1:]
+        bits = base64.b64decode(meta[spec.META_BLOBS])
+        encoded = [n for i, n in enumerate(names) if bits[i >> 3] >> (i & 7) & 1]
         assert sorted(encoded) == ["a.weight", "b.weight", "c.weight", "d.weight"]
         assert f.get_tensor("a.weight").dtype == torch.uint8
         assert f.get_tensor("a.bias").dtype == torch.bfloat16
-    original_header = zlib.decompress(base64.b64decode(meta[spec.META_ORIGINAL_HEADER]))
-    assert original_header == small_file.read_bytes()[8 : 8 + struct.unpack("<Q", small_file.read_bytes()[:8])[0]]
+    # the original header is not stored: the file's own header and a few bytes of recipe rebuild it exactly
+    assert spec.META_ORIGINAL_HEADER not in meta and spec.META_ENCODED not in meta
+    assert json.loads(meta[spec.META_HEADER]) == {"pad": 5, "metadata": {"format": "pt"}}
+    original = small_file.read_bytes()
+    assert open_compressed(path).original.raw == original[8 : 8 + struct.unpack("<Q", original[:8])[0]]
+    crcs = base64.b64decode(meta[spec.META_CRCS])
+    assert len(crcs) == 4 * (len(names) + 1)
     tensors = read_compressed_file(path)
     original = load_file(small_file)
     for name, value in tensors.items():
@@ -203,3 +210,71 @@ def test_fuzz_the_container_reader(compressed: Path, tmp_path: Path) -> None:
     path.write_bytes(pristine)
     verify_checkpoint(compressed)
     assert errors >= 55  # a flip that survives must have hit the header's padding spaces
+
+
+# ---------------------------------------------------------------------------------------------
+# format v3: the original header rebuilt from the file's own, or stored whole where it cannot be
+
+
+def _hand_written(path: Path, items: list[tuple[str, object]], data: bytes, sep: tuple[str, str] = (",", ":")) -> None:
+    head = json.dumps(dict(items), separators=sep, ensure_ascii=False).encode()
+    head += b" " * (-len(head) % 8)
+    path.write_bytes(struct.pack("<Q", len(head)) + head + data)
+
+
+@pytest.mark.parametrize(
+    ("case", "path_taken"),
+    [("unicode names", spec.META_HEADER), ("no metadata", spec.META_HEADER), ("shuffled keys", spec.META_HEADER),
+     ("ascii-escaped names", spec.META_ORIGINAL_HEADER), ("spaces", spec.META_ORIGINAL_HEADER)],
+)  # fmt: skip
+def test_every_header_restores_byte_for_byte(tmp_path: Path, case: str, path_taken: str) -> None:
+    g = torch.Generator().manual_seed(5)
+    w = (torch.randn(80, 64, generator=g) * 0.02).to(torch.bfloat16).view(torch.uint8).numpy().tobytes()
+    b = torch.randn(8, generator=g).to(torch.bfloat16).view(torch.uint8).numpy().tobytes()
+    names = ["poids.é", 'q"\\\n\x01名'] if case in ("unicode names", "ascii-escaped names") else ["w", "b"]
+    entries = [(names[0], {"dtype": "BF16", "shape": [80, 64], "data_offsets": [0, len(w)]}),
+               (names[1], {"dtype": "BF16", "shape": [8], "data_offsets": [len(w), len(w) + len(b)]})]  # fmt: skip
+    items: list[tuple[str, object]] = [("__metadata__", {"format": "pt", "ü": "ß"}), *entries]
+    if case == "no metadata":
+        items = items[1:]
+    if case == "shuffled keys":
+        items = [entries[1], ("__metadata__", {"format": "pt"}), entries[0]]
+    src = tmp_path / "src" / "model.safetensors"
+    src.parent.mkdir()
+    if case == "ascii-escaped names":  # Python's json.dumps, not the safetensors library: names as \\u escapes
+        head = json.dumps(dict(items), separators=(",", ":")).encode()
+        head += b" " * (-len(head) % 8)
+        src.write_bytes(struct.pack("<Q", len(head)) + head + w + b)
+    else:
+        _hand_written(src, items, w + b, (", ", ": ") if case == "spaces" else (",", ":"))
+    restored = round_trip(src.parent, tmp_path)
+    assert digests(restored) == digests(src.parent)
+    meta = open_compressed(tmp_path / "c" / "model.safetensors").header.metadata
+    assert path_taken in meta and len({spec.META_HEADER, spec.META_ORIGINAL_HEADER} & meta.keys()) == 1
+
+
+def test_per_file_overhead_is_the_names_and_a_checksum_a_tensor(tmp_path: Path) -> None:
+    # 600 small tensors: the compressed header is the original's (names, dtypes, shapes, offsets: the U8 entries
+    # are no longer) plus 4 bytes of checksum a tensor in base64, with little room left unused
+    tensors = {f"model.layers.{i // 6}.block.part{i % 6}.bias": torch.full((16,), float(i)) for i in range(600)}
+    src = tmp_path / "src" / "model.safetensors"
+    src.parent.mkdir()
+    save_file(tensors, src, metadata={"format": "pt"})
+    compress_checkpoint(src, tmp_path / "c")
+    original = struct.unpack("<Q", src.read_bytes()[:8])[0]
+    ours = struct.unpack("<Q", (tmp_path / "c" / "model.safetensors").read_bytes()[:8])[0]
+    assert ours <= original + 601 * 4 * 4 / 3 + 600
+
+
+def test_the_safetensors_librarys_own_escapes_rebuild(tmp_path: Path) -> None:
+    # serde_json's escaping (quotes, backslashes, control characters, UTF-8 kept) is the recipe's
+    g = torch.Generator().manual_seed(6)
+    names = ['q"uote\\back', "new\nline\x01\x1f\x7f", "名前.é", "tab\there"]
+    tensors = {n: (torch.randn(70, 64, generator=g) * 0.02).to(torch.bfloat16) for n in names}
+    tensors["small"] = torch.ones(3)
+    src = tmp_path / "src" / "model.safetensors"
+    src.parent.mkdir()
+    save_file(tensors, src, metadata={"format": "pt", "note": 'a "quoted" ü'})
+    restored = round_trip(src.parent, tmp_path)
+    assert digests(restored) == digests(src.parent)
+    assert spec.META_HEADER in open_compressed(tmp_path / "c" / "model.safetensors").header.metadata

@@ -268,11 +268,19 @@ def rewrite_header(path: Path, change: Callable[[dict], None]) -> None:
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
 
 
+def stored_original_header(value: str) -> Callable[[dict], None]:
+    """A header change: the original header stored whole (format v3's fallback) as ``value``."""
+
+    def change(d: dict) -> None:
+        d["__metadata__"].pop(spec.META_HEADER, None)
+        d["__metadata__"][spec.META_ORIGINAL_HEADER] = value
+
+    return change
+
+
 def test_a_zlib_bomb_in_the_original_header_stops_at_the_cap(compressed: Path) -> None:
     bomb = base64.b64encode(zlib.compress(b" " * (150 << 20), 9)).decode()  # 150 MB in ~150 KB
-    rewrite_header(
-        compressed / "model.safetensors", lambda d: d["__metadata__"].update({spec.META_ORIGINAL_HEADER: bomb})
-    )
+    rewrite_header(compressed / "model.safetensors", stored_original_header(bomb))
     with pytest.raises(FormatError, match="over 104857600 bytes"):
         verify_checkpoint(compressed)
 
@@ -280,10 +288,84 @@ def test_a_zlib_bomb_in_the_original_header_stops_at_the_cap(compressed: Path) -
 def test_an_original_header_with_more_tensors_than_the_file_is_not_parsed(compressed: Path) -> None:
     many = {f"t{i}": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]} for i in range(100_000)}
     blob = base64.b64encode(zlib.compress(json.dumps(many).encode(), 9)).decode()
-    rewrite_header(
-        compressed / "model.safetensors", lambda d: d["__metadata__"].update({spec.META_ORIGINAL_HEADER: blob})
-    )
+    rewrite_header(compressed / "model.safetensors", stored_original_header(blob))
     with pytest.raises(FormatError, match="lists more tensors than the file"):
+        verify_checkpoint(compressed)
+
+
+# --- format v3's records of what the file's own header does not say (docs/FORMAT.md §2.2) ---------
+
+
+def _meta(d: dict) -> dict:
+    meta: dict = d["__metadata__"]
+    return meta
+
+
+def _b64_changed(key: str, change: Callable[[bytearray], None]) -> Callable[[dict], None]:
+    def edit(d: dict) -> None:
+        data = bytearray(base64.b64decode(_meta(d)[key]))
+        change(data)
+        _meta(d)[key] = base64.b64encode(bytes(data)).decode()
+
+    return edit
+
+
+def _recipe(value: object) -> Callable[[dict], None]:
+    return lambda d: _meta(d).update({spec.META_HEADER: json.dumps(value)})
+
+
+def _rename_first(d: dict) -> None:
+    first = next(k for k in d if k != "__metadata__")
+    d["renamed"] = d.pop(first)
+
+
+V3_ATTACKS: dict[str, tuple[Callable[[dict], None], type[Exception], str]] = {
+    "recipe not JSON": (lambda d: _meta(d).update({spec.META_HEADER: "{"}), FormatError, "floatzip.header"),
+    "recipe with an unknown key": (_recipe({"pad": 0, "x": 1}), FormatError, "floatzip.header"),
+    "negative pad": (_recipe({"pad": -1}), FormatError, "floatzip.header"),
+    "pad over the cap": (_recipe({"pad": 200 << 20}), FormatError, "floatzip.header"),
+    "order not a permutation": (_recipe({"pad": 0, "order": [0] * 7}), FormatError, "floatzip.header"),
+    "order too short": (_recipe({"pad": 0, "order": [0]}), FormatError, "floatzip.header"),
+    "metadata position past the end": (
+        _recipe({"pad": 0, "metadata": {}, "metadata_at": 99}), FormatError, "floatzip.header"),
+    "a wrong pad": (
+        _recipe({"pad": 0, "metadata": {"format": "pt"}}), IntegrityError, "original header does not match"),
+    "both header records": (
+        lambda d: _meta(d).update({spec.META_ORIGINAL_HEADER: "eJwDAAAAAAE="}), FormatError, "exactly one of"),
+    "neither header record": (lambda d: _meta(d).pop(spec.META_HEADER), FormatError, "exactly one of"),
+    "blob bitmap too long": (_b64_changed(spec.META_BLOBS, lambda b: b.append(0)), FormatError, "floatzip.blobs"),
+    "blob bitmap bit past the last tensor": (
+        _b64_changed(spec.META_BLOBS, lambda b: b.__setitem__(0, b[0] | 0x80)), FormatError, "past the last tensor"),
+    "a plain tensor marked a blob": (
+        _b64_changed(spec.META_BLOBS, lambda b: b.__setitem__(0, 0x7F)), FormatError, "not a version 2 floatzip blob"),
+    "a blob marked plain": (
+        _b64_changed(spec.META_BLOBS, lambda b: b.__setitem__(0, 0)), IntegrityError, "original header does not match"),
+    "no checksums": (lambda d: _meta(d).pop(spec.META_CRCS), FormatError, "floatzip.crcs"),
+    "checksums truncated": (_b64_changed(spec.META_CRCS, lambda b: b.pop()), FormatError, "floatzip.crcs"),
+    "a tensor's checksum changed": (
+        _b64_changed(spec.META_CRCS, lambda b: b.__setitem__(0, b[0] ^ 1)), IntegrityError, "checksum mismatch"),
+    "a tensor renamed": (_rename_first, IntegrityError, "original header does not match its checksum"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("attack", sorted(V3_ATTACKS))
+def test_crafted_v3_records_are_one_error(compressed: Path, attack: str) -> None:
+    change, error, message = V3_ATTACKS[attack]
+    rewrite_header(compressed / "model.safetensors", change)
+    with pytest.raises(error, match=message):
+        verify_checkpoint(compressed)
+
+
+def test_a_blob_header_naming_no_dtype_is_caught_before_the_original_header_is_rebuilt(compressed: Path) -> None:
+    from floatzip.format.checkpoint import open_compressed
+
+    path = compressed / "model.safetensors"
+    cf = open_compressed(path)
+    first = next(e for e in cf.header.entries if e.name in cf.encoded)
+    data = bytearray(path.read_bytes())
+    data[cf.header.data_start + first.begin + 6] = 99  # the blob's dtype code
+    path.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match=rf"tensor {first.name!r}: bad blob header"):
         verify_checkpoint(compressed)
 
 

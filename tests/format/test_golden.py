@@ -2,8 +2,11 @@
 
 Each must keep decoding, byte for byte, with every later floatzip. tests/golden/v1 was written by format
 version 1 (lanes=32, steps=16) from tests.conftest.small_state_dict() plus a config.json; tests/golden/v2 by
-format version 2 (steps=8) from the same two files; tests/golden/v1/blobs holds single v1 blobs of every
-dtype and odd shape (tests/format/test_blob.py).
+format version 2 (steps=8) from the same two files; tests/golden/v3 by format version 3 (steps=8) from the
+same two files plus two written by hand, which take the version's other paths: order.safetensors (header keys
+in reverse data order, ``__metadata__`` last: the recipe records the order) and spaced.safetensors (JSON with
+spaces after the separators, which no rebuild gives: the header is stored whole); tests/golden/v1/blobs holds
+single v1 blobs of every dtype and odd shape (tests/format/test_blob.py).
 """
 
 from __future__ import annotations
@@ -21,7 +24,15 @@ ORIGINAL = {
     "config.json": "62b2d26b4da6b87806b16b1a9d958109b3f66ce5baa9c68be63f655c63940259",
     "model.safetensors": "34dfc39c5012d6b3182ad4969ae5c4af871b345e229a859655e881098869948c",
 }
-EXPECTED = {"v1": ORIGINAL, "v2": ORIGINAL}
+EXPECTED = {
+    "v1": ORIGINAL,
+    "v2": ORIGINAL,
+    "v3": {
+        **ORIGINAL,
+        "order.safetensors": "bf8fa2627eb5608fa729995e9479c47467eeef248e55870e4c19e0341c588fb9",
+        "spaced.safetensors": "caa0d91b4fdbcdb943aae5d1582213ba35e906195ff002f63b15c2db267ad536",
+    },
+}
 
 
 @pytest.mark.parametrize("version", sorted(EXPECTED))
@@ -41,13 +52,27 @@ def test_golden_v1_holds_every_dtype_as_blobs() -> None:
     assert all(t.version == 1 and t.v1.lanes == 32 and t.steps == 16 for t in blobs.values())
 
 
-def test_golden_v2_holds_every_dtype_as_v2_blobs_the_gpu_path_decodes() -> None:
+def test_golden_v3_takes_each_way_to_the_original_header() -> None:
+    from floatzip.format import spec
+    from floatzip.format.checkpoint import open_compressed
+
+    names = ("model", "order", "spaced")
+    metas = {n: open_compressed(GOLDEN / "v3" / f"{n}.safetensors").header.metadata for n in names}
+    assert metas["model"][spec.META_HEADER] == '{"pad":5,"metadata":{"format":"pt"}}'
+    recipe = metas["order"][spec.META_HEADER]
+    assert '"order":[2,1,0]' in recipe and '"metadata_at":3' in recipe
+    assert spec.META_HEADER not in metas["spaced"] and spec.META_ORIGINAL_HEADER in metas["spaced"]
+    assert all(m[spec.META_VERSION] == "3" and spec.META_ENCODED not in m for m in metas.values())
+
+
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_golden_holds_every_dtype_as_v2_blobs_the_gpu_path_decodes(version: str) -> None:
     import numpy as np
     import torch
 
     from floatzip.decode import cuda, decompress_tensor
 
-    tensors = read_compressed_file(GOLDEN / "v2" / "model.safetensors")
+    tensors = read_compressed_file(GOLDEN / version / "model.safetensors")
     blobs = [t for t in tensors.values() if isinstance(t, CompressedTensor)]
     assert {t.layout.name for t in blobs} == {"BF16", "F16", "F32", "F8_E4M3"}
     assert all(t.version == 2 and t.steps == 8 for t in blobs)

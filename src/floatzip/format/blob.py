@@ -19,7 +19,7 @@ import numpy.typing as npt
 from floatzip import _core
 from floatzip.errors import FormatError, IntegrityError, VersionError
 from floatzip.format.blob_v1 import V1Sections, parse_v1
-from floatzip.format.spec import BLOB_MAGIC, LAYOUT_BY_CODE, READ_VERSIONS, FloatLayout
+from floatzip.format.spec import BLOB_MAGIC, BLOB_READ_VERSIONS, LAYOUT_BY_CODE, FloatLayout
 
 if TYPE_CHECKING:
     import torch
@@ -181,10 +181,10 @@ class CompressedTensor:
         if data[:4] != BLOB_MAGIC:
             raise FormatError(f"{name}: not a floatzip blob (bad magic)")
         version = struct.unpack_from("<H", data, 4)[0]
-        if version not in READ_VERSIONS:
+        if version not in BLOB_READ_VERSIONS:
             raise VersionError(
                 f"{name}: floatzip format version {version} is not supported by this floatzip "
-                f"(it reads versions {', '.join(map(str, READ_VERSIONS))}); upgrade floatzip"
+                f"(it reads blob versions {', '.join(map(str, BLOB_READ_VERSIONS))}); upgrade floatzip"
             )
         if version == 1:
             owned = bytes(data)

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -237,20 +238,27 @@ def _should_encode(entry: Entry) -> bool:
 
 def _compress_file(src: Path, dst: Path, rel: str, report: CheckpointReport, bar: tqdm, steps: int | None) -> None:
     header = read_header(src)
-    candidates = [e for e in header.entries if _should_encode(e)]
-    planned = [(e.name, "U8" if _should_encode(e) else e.dtype, len(e.shape)) for e in header.entries]
+    n = len(header.entries)
+    # the header's room, reserved before the tensors are read: a blob is stored only when smaller than the
+    # tensor, so its length has at most the tensor's digits and no offset exceeds the original data size
+    planned: list[tuple[str, str, int | tuple[int, ...]]] = [
+        (e.name, "U8", (e.nbytes,)) if _should_encode(e) else (e.name, e.dtype, e.shape) for e in header.entries
+    ]
+    recipe = header_recipe(header)
     meta = {
         spec.META_VERSION: str(spec.FORMAT_VERSION),
-        spec.META_ENCODED: json.dumps([e.name for e in candidates]),
-        spec.META_ORIGINAL_HEADER: base64.b64encode(zlib.compress(header.raw, 9)).decode(),
-        # room for the widest value of each: the real ones are known only once the tensors are read
-        spec.META_CRC32C: json.dumps({e.name: 0xFFFFFFFF for e in header.entries}),
+        spec.META_BLOBS: _b64(bytes((n + 7) // 8)),
+        spec.META_CRCS: _b64(bytes(4 * (n + 1))),  # fixed widths: the real values are known only at the end
     }
-    encoded: list[str] = []
-    crcs: dict[str, int] = {}
+    if recipe is not None:
+        meta[spec.META_HEADER] = json.dumps(recipe, ensure_ascii=False, separators=(",", ":"))
+    else:  # what this file's header says does not rebuild the original's bytes: store them whole
+        meta[spec.META_ORIGINAL_HEADER] = _b64(zlib.compress(header.raw, 9))
+    bits = bytearray((n + 7) // 8)
+    crcs = bytearray()
     with src.open("rb") as fin, dst.open("wb") as fout:
-        writer = StreamingWriter(fout, planned, meta, where=str(src))
-        for e in header.entries:
+        writer = StreamingWriter(fout, planned, meta, where=str(src), max_offset=header.data_size)
+        for i, e in enumerate(header.entries):
             data = read_range(fin, header.data_start + e.begin, e.nbytes, str(src))
             stored: bytes | bytearray = data
             crc = None
@@ -260,13 +268,69 @@ def _compress_file(src: Path, dst: Path, rel: str, report: CheckpointReport, bar
                 crc = ct.data_crc32  # a v2 blob's: CRC-32C of the original bytes
                 if ct.nbytes < len(data):
                     stored = ct.to_bytes()
-                    encoded.append(e.name)
-            crcs[e.name] = _core.crc32c(data) if crc is None else crc
+                    bits[i >> 3] |= 1 << (i & 7)
+            crcs += (_core.crc32c(data) if crc is None else crc).to_bytes(4, "little")
             is_blob = stored is not data
             writer.add(e.name, "U8" if is_blob else e.dtype, (len(stored),) if is_blob else e.shape, stored)
             report.tensors.append(TensorReport(rel, e.name, e.dtype, e.shape, e.nbytes, len(stored), is_blob))
             bar.update(e.nbytes)
-        writer.finish({**meta, spec.META_ENCODED: json.dumps(encoded), spec.META_CRC32C: json.dumps(crcs)})
+        crcs += _core.crc32c(header.raw).to_bytes(4, "little")
+        writer.finish({**meta, spec.META_BLOBS: _b64(bytes(bits)), spec.META_CRCS: _b64(bytes(crcs))})
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _json(value: object) -> str:
+    """JSON as the safetensors library writes it (serde_json: no spaces, UTF-8 unescaped)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def rebuild_header(tensors: Iterable[tuple[str, str, tuple[int, ...]]], recipe: dict[str, object]) -> bytes:
+    """The original header's bytes from its tensors' (name, dtype, shape) in data order and a format v3
+    recipe (docs/FORMAT.md §2.2): offsets follow from the sizes and the order; the recipe holds the rest.
+    ``recipe`` must have passed :func:`_check_recipe` (or come from :func:`header_recipe`)."""
+    parts: list[str] = []
+    pos = 0
+    for name, dtype, shape in tensors:
+        end = pos + math.prod(shape) * spec.SAFETENSORS_ITEMSIZE[dtype]
+        info = f'{{"dtype":{_json(dtype)},"shape":{_json(list(shape))},"data_offsets":[{pos},{end}]}}'
+        parts.append(f"{_json(name)}:{info}")
+        pos = end
+    order = recipe.get("order")
+    if isinstance(order, list):
+        parts = [parts[i] for i in order]
+    if "metadata" in recipe:
+        at = recipe.get("metadata_at", 0)
+        parts.insert(at if isinstance(at, int) else 0, f'"__metadata__":{_json(recipe["metadata"])}')
+    pad = recipe["pad"]
+    return ("{" + ",".join(parts) + "}").encode() + b" " * (pad if isinstance(pad, int) else 0)
+
+
+def header_recipe(header: Header) -> dict[str, object] | None:
+    """What a format v3 file stores of ``header`` (an original file's) beside its own header: the trailing
+    spaces, the metadata and, when they differ from data order, the key order; None when the rebuilt bytes
+    would not be the original's exactly (then the whole header is stored)."""
+    try:
+        pairs = json.loads(header.raw.decode(), object_pairs_hook=lambda kv: kv)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        return None
+    recipe: dict[str, object] = {"pad": len(header.raw) - len(header.raw.rstrip(b" "))}
+    if "__metadata__" in keys:
+        at = keys.index("__metadata__")
+        recipe["metadata"] = json.loads(header.raw.decode())["__metadata__"]
+        if at:
+            recipe["metadata_at"] = at
+    index = {e.name: i for i, e in enumerate(header.entries)}
+    order = [index[k] for k in keys if k != "__metadata__"]
+    if order != sorted(order):
+        recipe["order"] = order
+    rebuilt = rebuild_header(((e.name, e.dtype, e.shape) for e in header.entries), recipe)
+    return recipe if rebuilt == header.raw else None  # checked here, before anything is written
 
 
 class CheckpointBuilder:
@@ -468,21 +532,24 @@ def open_compressed(path: Path) -> CompressedFile:
             f"{path}: floatzip format version {meta[spec.META_VERSION]} is not supported by this floatzip "
             f"(it reads versions {', '.join(map(str, spec.READ_VERSIONS))}); upgrade floatzip"
         )
-    # inflated within the safetensors header cap (a zlib bomb stops there), and holding no more tensors than
-    # this file (checked before it is parsed, so that a crafted one cannot make millions of objects)
-    limit = MAX_HEADER_BYTES
-    try:
-        encoded = json.loads(meta[spec.META_ENCODED])
-        inflate = zlib.decompressobj()
-        original_raw = inflate.decompress(base64.b64decode(meta[spec.META_ORIGINAL_HEADER], validate=True), limit)
-    except (KeyError, ValueError, zlib.error, RecursionError) as exc:
-        raise FormatError(f"{path}: bad floatzip metadata ({type(exc).__name__}: {str(exc)[:200]})") from None
-    if inflate.unconsumed_tail or not inflate.eof:
-        raise FormatError(f"{path}: bad floatzip metadata (the original header is truncated or over {limit} bytes)")
-    if original_raw.count(b'"data_offsets"') > len(header.entries):
-        raise FormatError(f"{path}: bad floatzip metadata (the original header lists more tensors than the file)")
-    if not isinstance(encoded, list) or not all(isinstance(n, str) for n in encoded):
-        raise FormatError(f"{path}: bad floatzip metadata (encoded names)")
+    crcs: dict[str, int] | None
+    if meta[spec.META_VERSION] == "3":
+        encoded, crcs, header_crc = _v3_tensors(header, path)
+        original_raw = _v3_original_header(header, encoded, path)
+        if _core.crc32c(original_raw) != header_crc:  # names, order, dtypes, shapes: what a checksum of bytes misses
+            raise IntegrityError(
+                f"{path}: the original header does not match its checksum (tensors renamed, reordered or retyped)"
+            )
+    else:
+        try:
+            names = json.loads(meta[spec.META_ENCODED])
+        except (KeyError, ValueError, RecursionError) as exc:
+            raise FormatError(f"{path}: bad floatzip metadata ({type(exc).__name__}: {str(exc)[:200]})") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise FormatError(f"{path}: bad floatzip metadata (encoded names)")
+        encoded = frozenset(names)
+        original_raw = _stored_original_header(header, path)
+        crcs = _crc_map(meta, header.by_name().keys(), path)
     original = parse_header(original_raw, f"{path} (original header)")
     ours, theirs = header.by_name(), original.by_name()
     if ours.keys() != theirs.keys():
@@ -494,13 +561,111 @@ def open_compressed(path: Path) -> CompressedFile:
                 raise FormatError(f"{path}: tensor {name!r} is listed as encoded but is not a blob")
         elif (e.dtype, e.shape) != (o.dtype, o.shape):
             raise FormatError(f"{path}: tensor {name!r} differs from the original header")
-    crcs = _crc_map(meta, ours.keys(), path)
-    return CompressedFile(path, header, original, frozenset(encoded), crcs)
+    return CompressedFile(path, header, original, encoded, crcs)
+
+
+def _stored_original_header(header: Header, path: Path) -> bytes:
+    """The original header stored whole (versions 1 and 2; version 3 where it could not be rebuilt)."""
+    # inflated within the safetensors header cap (a zlib bomb stops there), and holding no more tensors than
+    # this file (checked before it is parsed, so that a crafted one cannot make millions of objects)
+    limit = MAX_HEADER_BYTES
+    try:
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(base64.b64decode(header.metadata[spec.META_ORIGINAL_HEADER], validate=True), limit)
+    except (KeyError, ValueError, zlib.error) as exc:
+        raise FormatError(f"{path}: bad floatzip metadata ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if inflate.unconsumed_tail or not inflate.eof:
+        raise FormatError(f"{path}: bad floatzip metadata (the original header is truncated or over {limit} bytes)")
+    if raw.count(b'"data_offsets"') > len(header.entries):
+        raise FormatError(f"{path}: bad floatzip metadata (the original header lists more tensors than the file)")
+    return raw
+
+
+def _b64_field(header: Header, key: str, nbytes: int, path: Path) -> bytes:
+    try:
+        data = base64.b64decode(header.metadata[key], validate=True)
+    except (KeyError, ValueError):
+        data = None
+    if data is None or len(data) != nbytes:
+        raise FormatError(f"{path}: bad floatzip metadata ({key})")
+    return data
+
+
+def _v3_tensors(header: Header, path: Path) -> tuple[frozenset[str], dict[str, int], int]:
+    """A version 3 file's blobs, its tensors' checksums by name, and its original header's checksum
+    (docs/FORMAT.md §2.2)."""
+    names = [e.name for e in header.entries]
+    n = len(names)
+    bits = _b64_field(header, spec.META_BLOBS, (n + 7) // 8, path)
+    if n % 8 and bits[-1] >> (n % 8):
+        raise FormatError(f"{path}: bad floatzip metadata ({spec.META_BLOBS}: bits past the last tensor)")
+    encoded = frozenset(name for i, name in enumerate(names) if bits[i >> 3] >> (i & 7) & 1)
+    packed = _b64_field(header, spec.META_CRCS, 4 * (n + 1), path)
+    values = [int.from_bytes(packed[4 * i : 4 * i + 4], "little") for i in range(n + 1)]
+    return encoded, dict(zip(names, values[:n], strict=True)), values[n]
+
+
+def _blob_dtype_shape(f: io.BufferedIOBase, header: Header, e: Entry, path: Path) -> tuple[str, tuple[int, ...]]:
+    """The original dtype and shape a blob records in its header (docs/FORMAT.md §1.4), checked."""
+    fixed = spec.V2_HEADER_FIXED
+    head = read_range(f, header.data_start + e.begin, min(e.nbytes, fixed + 8 * spec.MAX_NDIM), str(path))
+    where = f"{path}: tensor {e.name!r}"
+    if len(head) < fixed or head[:4] != spec.BLOB_MAGIC or head[4:6] != spec.BLOB_VERSION.to_bytes(2, "little"):
+        raise FormatError(f"{where}: not a version {spec.BLOB_VERSION} floatzip blob")
+    layout, ndim = spec.LAYOUT_BY_CODE.get(head[6]), head[7]
+    if layout is None or ndim > spec.MAX_NDIM or len(head) < fixed + 8 * ndim:
+        raise FormatError(f"{where}: bad blob header (dtype or shape)")
+    shape = tuple(int.from_bytes(head[fixed + 8 * i : fixed + 8 * i + 8], "little") for i in range(ndim))
+    if any(d > 1 << 62 for d in shape) or math.prod(shape) > 1 << 62:
+        raise FormatError(f"{where}: bad blob header (a shape of too many elements)")
+    return layout.name, shape
+
+
+def _v3_original_header(header: Header, encoded: frozenset[str], path: Path) -> bytes:
+    """A version 3 file's original header: rebuilt from its own (blobs' dtypes and shapes from the blobs'
+    headers) and the stored recipe, or stored whole where the writer could not rebuild it."""
+    meta = header.metadata
+    if (spec.META_HEADER in meta) == (spec.META_ORIGINAL_HEADER in meta):
+        which = f"{spec.META_HEADER} and {spec.META_ORIGINAL_HEADER}"
+        raise FormatError(f"{path}: bad floatzip metadata (it needs exactly one of {which})")
+    if spec.META_ORIGINAL_HEADER in meta:
+        return _stored_original_header(header, path)
+    recipe = _check_recipe(meta[spec.META_HEADER], len(header.entries), path)
+    tensors: list[tuple[str, str, tuple[int, ...]]] = []
+    with path.open("rb") as f:
+        for e in header.entries:
+            dtype, shape = _blob_dtype_shape(f, header, e, path) if e.name in encoded else (e.dtype, e.shape)
+            tensors.append((e.name, dtype, shape))
+    return rebuild_header(tensors, recipe)
+
+
+def _check_recipe(text: str, n: int, path: Path) -> dict[str, object]:
+    """A version 3 header recipe from an untrusted file: every field of the right type and in range."""
+    bad = FormatError(f"{path}: bad floatzip metadata ({spec.META_HEADER})")
+    try:
+        recipe = json.loads(text)
+    except (ValueError, RecursionError):
+        raise bad from None
+    if not isinstance(recipe, dict) or not set(recipe) <= {"pad", "metadata", "metadata_at", "order"}:
+        raise bad
+
+    def index(v: object, top: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= top
+
+    pad, at, order = recipe.get("pad"), recipe.get("metadata_at", 0), recipe.get("order")
+    if not index(pad, MAX_HEADER_BYTES) or not index(at, n) or ("metadata_at" in recipe and "metadata" not in recipe):
+        raise bad
+    if order is not None and not (
+        isinstance(order, list) and len(order) == n and all(index(i, n - 1) for i in order) and len(set(order)) == n
+    ):
+        raise bad
+    return recipe
 
 
 def _crc_map(meta: dict[str, str], names: Iterable[str], path: Path) -> dict[str, int] | None:
+    """A version 2 file's checksums by name (a JSON object); None in files written before floatzip kept them."""
     if spec.META_CRC32C not in meta:
-        return None  # written before floatzip kept per-tensor checksums
+        return None
     try:
         crcs = json.loads(meta[spec.META_CRC32C])
     except (ValueError, RecursionError):
@@ -524,8 +689,9 @@ def check_stored_tensors(cf: CompressedFile, f: io.BufferedIOBase) -> None:
         where = f"{cf.path}: tensor {e.name!r}"
         if e.name in cf.encoded:
             head = read_range(f, cf.header.data_start + e.begin, min(e.nbytes, spec.V2_HEADER_FIXED), str(cf.path))
-            if len(head) < spec.V2_HEADER_FIXED or head[:4] != spec.BLOB_MAGIC or head[4:6] != b"\x02\x00":
-                raise FormatError(f"{where}: not a version 2 floatzip blob")
+            version = spec.BLOB_VERSION.to_bytes(2, "little")
+            if len(head) < spec.V2_HEADER_FIXED or head[:4] != spec.BLOB_MAGIC or head[4:6] != version:
+                raise FormatError(f"{where}: not a version {spec.BLOB_VERSION} floatzip blob")
             crc = int.from_bytes(head[48:52], "little")
         else:
             crc = _core.crc32c(read_range(f, cf.header.data_start + e.begin, e.nbytes, str(cf.path)))

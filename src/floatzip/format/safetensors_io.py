@@ -157,19 +157,31 @@ def read_range(f: io.BufferedIOBase, start: int, nbytes: int, where: str) -> byt
 class StreamingWriter:
     """Writes a safetensors file one tensor at a time, with memory bounded by the largest tensor.
 
-    The header's room is reserved up front from the names and dtypes (every number at its widest),
-    tensors are appended as they come, and the header is written last, padded with spaces.
+    The header's room is reserved up front from the names and dtypes (every number at its widest, or at
+    the bound the caller knows), tensors are appended as they come, and the header is written last, padded with spaces.
     """
 
     def __init__(
-        self, f: BinaryIO, planned: list[tuple[str, str, int]], metadata: dict[str, str], where: str = "output"
+        self,
+        f: BinaryIO,
+        planned: list[tuple[str, str, int | tuple[int, ...]]],
+        metadata: dict[str, str],
+        where: str = "output",
+        *,
+        max_offset: int | None = None,
     ) -> None:
-        """``planned`` lists (name, dtype, ndim) of every tensor that may be written, in any order. A header
-        that could outgrow what safetensors readers accept is refused (InputError naming ``where``) before
-        anything is written."""
+        """``planned`` lists every tensor that may be written, in any order: (name, dtype, ndim), or (name,
+        dtype, widest shape) when each dimension's bound is known (the room then fits it, not 20 digits).
+        ``max_offset`` bounds the data offsets likewise. A header that could outgrow what safetensors readers
+        accept is refused (InputError naming ``where``) before anything is written."""
         widest = 10**19
+        edge = widest if max_offset is None else max_offset
+
+        def shape(nd: int | tuple[int, ...]) -> list[int]:
+            return [widest] * max(nd, 1) if isinstance(nd, int) else list(nd)
+
         probe: dict[str, dict[str, object]] = {
-            n: {"dtype": d, "shape": [widest] * max(nd, 1), "data_offsets": [widest, widest]} for n, d, nd in planned
+            n: {"dtype": d, "shape": shape(nd), "data_offsets": [edge, edge]} for n, d, nd in planned
         }
         self._room = len(self._encode(probe, metadata)) + 8
         self._room += -(8 + self._room) % 8

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-FORMAT_VERSION = 2  # what this floatzip writes
-READ_VERSIONS = (1, 2)  # what it reads
+FORMAT_VERSION = 3  # what this floatzip writes
+READ_VERSIONS = (1, 2, 3)  # what it reads
+BLOB_VERSION = 2  # the tensor record a version 2 or 3 checkpoint holds (version 3 changed the container only)
+BLOB_READ_VERSIONS = (1, 2)  # the tensor records it reads
 BLOB_MAGIC = b"FZtn"
 MAX_CODE_LEN = 16
 MAX_SYMBOL_BITS = 12  # exponent + joined mantissa bits
@@ -34,9 +36,14 @@ NOTE_NAME = "README.floatzip.md"  # how to load and restore, for people; not in 
 MANIFEST_NAME = "floatzip.json"
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest (or a config.json it restores) larger than this is refused
 META_VERSION = "floatzip.format_version"
-META_ENCODED = "floatzip.encoded"
-META_ORIGINAL_HEADER = "floatzip.original_header"
+# versions 1 and 2 (docs/FORMAT.md §2.1)
+META_ENCODED = "floatzip.encoded"  # JSON list of the names stored as blobs
+META_ORIGINAL_HEADER = "floatzip.original_header"  # base64 of the zlib-compressed original header (also v3)
 META_CRC32C = "floatzip.crc32c"  # JSON {name: CRC-32C of the tensor's original bytes}, every tensor
+# version 3 (docs/FORMAT.md §2.2): what the file's own header does not already say
+META_BLOBS = "floatzip.blobs"  # base64 of a bitmap over the tensors in data order: 1 = stored as a blob
+META_CRCS = "floatzip.crcs"  # base64 of a CRC-32C per tensor in data order, then one of the names
+META_HEADER = "floatzip.header"  # JSON: how the original header follows from this file's (else ORIGINAL_HEADER)
 QUANT_METHOD = "floatzip"
 
 

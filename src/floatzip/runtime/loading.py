@@ -15,7 +15,6 @@ mixin holds what floatzip does at each step and imports neither framework:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,15 +30,18 @@ from floatzip.format.safetensors_io import read_header
 from floatzip.runtime import blocks
 
 DEFAULT_RATIO = 0.7  # bytes of a blob per original byte, when the checkpoint's headers do not tell
+# the versions a model runs from: both hold v2 blobs, which the block runtime decodes (version 3 changed only
+# what a file keeps to restore the original, docs/FORMAT.md §2.2); version 1 checkpoints restore, not load
+LOADABLE_VERSIONS = (2, 3)
 
 
 def checked_format_version(version: int | str) -> int:
     """The ``format_version`` of a checkpoint's quantization_config, as an int this floatzip reads."""
     v = int(version)
-    if v != spec.FORMAT_VERSION:
+    if v not in LOADABLE_VERSIONS:
         raise VersionError(
-            f"floatzip format version {v} is not supported by this floatzip (it reads version "
-            f"{spec.FORMAT_VERSION}); upgrade floatzip"
+            f"floatzip format version {v} is not supported by this floatzip (it loads versions "
+            f"{', '.join(map(str, LOADABLE_VERSIONS))}); upgrade floatzip"
         )
     return v
 
@@ -98,11 +100,12 @@ class LoadingMixin:
                 continue
             self.source = str(path.parent)
             header = read_header(path)
+            encoded: frozenset[str] = frozenset()
             if spec.META_VERSION in header.metadata:
                 cf = open_compressed(path)
                 with path.open("rb") as fh:
                     check_stored_tensors(cf, fh)
-            encoded = json.loads(header.metadata.get(spec.META_ENCODED, "[]"))
+                encoded = cf.encoded
             self.encoded.update(encoded)
             for e in header.entries:
                 if e.name in encoded:
