@@ -555,19 +555,65 @@ def floatzip_files(files: Iterable[str | Path]) -> list[CompressedFile]:
     return out
 
 
+@dataclass
+class LoadStats:
+    """What the last weight stream did: tensors decoded from blobs, plain ones checked, and tensors passed
+    on as stored because the model drops them (another pipeline stage's layers)."""
+
+    decoded: int = 0
+    checked: int = 0
+    skipped: int = 0
+
+
+LAST_LOAD = LoadStats()
+
+
 def restored_weights(
-    stream: Iterable[tuple[str, torch.Tensor]], files: Iterable[CompressedFile], prefix: str = ""
+    stream: Iterable[tuple[str, torch.Tensor]],
+    files: Iterable[CompressedFile],
+    prefix: str = "",
+    unused: Callable[[str], bool] | None = None,
 ) -> Generator[tuple[str, torch.Tensor], None, None]:
     """``stream`` (vLLM's (name, tensor) pairs of the files, names prefixed with ``prefix``) with every
-    blob decoded and every tensor checked against its checksum."""
+    blob decoded and every tensor checked against its checksum, except those ``unused(name)`` says the model
+    drops unread, which pass on as stored (with pipeline parallel, each stage reads only its own layers)."""
+    global LAST_LOAD
     index = _CheckpointIndex(files)
+    LAST_LOAD = stats = LoadStats()
     for name, t in stream:
+        if unused is not None and unused(name):
+            stats.skipped += 1
+            yield name, t
+            continue
         key = name[len(prefix) :] if prefix and name.startswith(prefix) else name
-        yield name, index.restore(key, t)
+        out = index.restore(key, t)
+        if out is t:
+            stats.checked += 1
+        else:
+            stats.decoded += 1
+        yield name, out
 
 
 class FloatzipModelLoader(DefaultModelLoader):
     """vLLM's default loader, with a floatzip checkpoint's blobs decoded (and checked) as they stream."""
+
+    _model: torch.nn.Module | None = None
+
+    def load_weights(self, model: torch.nn.Module, model_config: Any) -> None:
+        self._model = model  # to tell which tensors another pipeline stage reads
+        try:
+            super().load_weights(model, model_config)
+        finally:
+            self._model = None
+
+    def _unused(self) -> Callable[[str], bool] | None:
+        model = self._model
+        if model is None:
+            return None
+        from vllm.model_executor.models.utils import get_pp_missing_layer_names
+
+        missing = tuple(get_pp_missing_layer_names(model))
+        return (lambda name: name.startswith(missing)) if missing else None
 
     def _get_weights_iterator(self, source: Any) -> Generator[tuple[str, torch.Tensor], None, None]:
         stream = super()._get_weights_iterator(source)
@@ -582,7 +628,7 @@ class FloatzipModelLoader(DefaultModelLoader):
         if not compressed:
             return stream
         logger.info("floatzip: decoding the weights of %d compressed files as they load", len(compressed))
-        return restored_weights(stream, compressed, source.prefix)
+        return restored_weights(stream, compressed, source.prefix, self._unused())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,12 +674,14 @@ def resident_bytes(model: torch.nn.Module) -> int:
 
 
 __all__ = [
+    "LAST_LOAD",
     "LOAD_FORMAT",
     "WORKSPACE",
     "FloatzipEmbeddingMethod",
     "FloatzipLinearMethod",
     "FloatzipModelLoader",
     "FloatzipVllmConfig",
+    "LoadStats",
     "decoded_weight",
     "floatzip_files",
     "register",

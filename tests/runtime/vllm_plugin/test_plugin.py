@@ -128,25 +128,29 @@ def test_blob_without_the_floatzip_loader_is_explained(vllm_env, files: tuple[Pa
         layers.load(layer, case, layers.plain_stream(files[1]))
 
 
-def test_tensor_parallel(files: tuple[Path, Path], tmp_path: Path) -> None:
-    """TP=2: two gloo ranks on loopback, each with its shard of every layer kind, bit for bit."""
+def _run_ranks(module: str, world: int, *args: Path) -> None:
+    """Start ``python -m module RANK WORLD *args`` for every rank (gloo on loopback); each must print ok."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_TARGET_DEVICE": "cpu"}
-    init = tmp_path / "tp_init"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.runtime.vllm_plugin.tp_worker", str(rank), "2", str(init), *map(str, files)],
+            [sys.executable, "-m", module, str(rank), str(world), *map(str, args)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for rank in range(2)
+        for rank in range(world)
     ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for rank, (p, out) in enumerate(zip(procs, outs, strict=True)):
         assert p.returncode == 0, f"rank {rank}:\n{out[-4000:]}"
         assert f"rank {rank}: ok" in out
+
+
+def test_tensor_parallel(files: tuple[Path, Path], tmp_path: Path) -> None:
+    """TP=2: two gloo ranks on loopback, each with its shard of every layer kind, bit for bit."""
+    _run_ranks("tests.runtime.vllm_plugin.tp_worker", 2, tmp_path / "tp_init", *files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,3 +255,10 @@ def test_torch_compile_fullgraph(vllm_env, files: tuple[Path, Path], name: str) 
     expected = layers.bits(layers.reference(theirs, case, x))
     assert torch.equal(layers.bits(compiled(x)), expected)
     assert torch.equal(layers.bits(compiled(x)), expected)  # replayed: decoded again, same bits
+
+
+def test_pipeline_parallel(tmp_path: Path) -> None:
+    """PP=2: two gloo ranks on loopback, each loads through get_model only its stage's layers (the other's
+    tensors pass undecoded), and its floatzip weights equal vLLM's BF16 load of the same stage."""
+    plain, compressed = _tiny_llama(tmp_path)
+    _run_ranks("tests.runtime.vllm_plugin.pp_worker", 2, tmp_path / "pp_init", plain, compressed)
