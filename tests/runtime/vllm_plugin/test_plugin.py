@@ -148,9 +148,11 @@ def _run_ranks(module: str, world: int, *args: Path) -> None:
         assert f"rank {rank}: ok" in out
 
 
-def test_tensor_parallel(files: tuple[Path, Path], tmp_path: Path) -> None:
-    """TP=2: two gloo ranks on loopback, each with its shard of every layer kind, bit for bit."""
-    _run_ranks("tests.runtime.vllm_plugin.tp_worker", 2, tmp_path / "tp_init", *files)
+@pytest.mark.parametrize("world", [2, 4])
+def test_tensor_parallel(files: tuple[Path, Path], tmp_path: Path, world: int) -> None:
+    """TP=2 and TP=4 (gloo ranks on loopback), each rank with its shard of every layer kind, bit for bit; at
+    TP=4 the 2 KV heads are replicated, 2 ranks per head, as vLLM's QKV loader does."""
+    _run_ranks("tests.runtime.vllm_plugin.tp_worker", world, tmp_path / "tp_init", *files)
 
 
 # ---------------------------------------------------------------------------------------------
