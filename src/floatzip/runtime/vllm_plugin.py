@@ -28,6 +28,7 @@ device but holds no data (a zero-stride stand-in): code that reads weights outsi
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -172,6 +173,7 @@ class _Slot:
     part_rows: dict[Any, int] | None  # rows of each part when parts may be taken as they arrive
     inner: Callable[..., Any]  # vLLM's own weight loader of the layer
     where: str = "layer"
+    backend: str = "auto"
     seen: set[Any] = field(default_factory=set)
     parts: dict[Any, CompressedTensor] = field(default_factory=dict)
     staged: bool = False
@@ -224,7 +226,7 @@ class _Slot:
             cts = [self.parts[s] for s in self.order if s in self.parts]
             # the parts decode one after the other into the layer's buffer: each must end on its alignment
             if len(cts) == len(self.order) and all(ct.original_nbytes % blocks.ALIGN == 0 for ct in cts[:-1]):
-                self.packed = _pack(cts, self.param.shape, self.device, self.where)
+                self.packed = _pack(cts, self.param.shape, self.device, self.where, self.backend)
                 self.parts.clear()
                 return
             self._stage()
@@ -236,7 +238,7 @@ class _Slot:
         if ct.nbytes >= ct.original_nbytes:
             self._keep_plain(staged)
             return
-        self.packed = _pack([ct], staged.shape, self.device, self.where)
+        self.packed = _pack([ct], staged.shape, self.device, self.where, self.backend)
         self.param.data = _stand_in(staged.shape, staged.dtype, self.device)
 
     def _keep_plain(self, staged: torch.Tensor) -> None:
@@ -269,7 +271,14 @@ def _stand_in(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> to
     return torch.zeros((), dtype=dtype, device=device).expand(shape)
 
 
-def _pack(cts: list[CompressedTensor], shape: torch.Size, device: torch.device, where: str) -> _Packed:
+BACKENDS = ("auto", "cpu", "cuda", "emulated")
+"""Decode backends of the vLLM method: ``auto`` (the CUDA kernel on CUDA, the compiled core on the CPU), or
+``emulated``: on the CPU, the CUDA kernel's batches decoded by its own code (what tests the CUDA path here)."""
+
+
+def _pack(
+    cts: list[CompressedTensor], shape: torch.Size, device: torch.device, where: str, backend: str = "auto"
+) -> _Packed:
     """The weight of ``shape``, made of ``cts`` one after the other (its row blocks), made resident on
     ``device``: on CUDA only the device batch is kept, after one decode on the device checked against each
     part's CRC-32C."""
@@ -278,14 +287,19 @@ def _pack(cts: list[CompressedTensor], shape: torch.Size, device: torch.device, 
     if any(ct.dtype != dtype for ct in cts) or sum(ct.original_nbytes for ct in cts) != nbytes:
         raise InputError(f"{where}: its parts do not make a {dtype} weight of shape {list(shape)}")
     buffer = WORKSPACE.reserve(device, nbytes)
-    if device.type == "cuda":
-        decoder: Any = blocks._CudaDecoder(cts, device, offload=False, emulated=False)
+    if device.type not in ("cuda", "cpu"):
+        raise InputError(f"{where}: floatzip decodes on CUDA devices and the CPU, not {device}")
+    if backend not in (("auto", "cuda") if device.type == "cuda" else ("auto", "cpu", "emulated")):
+        raise InputError(f"{where}: the {backend} backend does not decode into {device}")
+    if device.type == "cuda" or backend == "emulated":
+        decoder: Any = blocks._CudaDecoder(cts, device, offload=False, emulated=backend == "emulated")
         decoder.names = [f"{where} (part {i})" for i in range(len(cts))]
+        ends = list(itertools.accumulate(ct.original_nbytes for ct in cts))
+        if list(decoder.offsets) != [0, *ends[:-1]]:  # the parts must decode into consecutive rows
+            raise InputError(f"{where}: its parts do not decode into consecutive rows")
         assert buffer.tensor is not None
         decoder.verify(buffer.tensor)
         return _Packed(decoder, tuple(shape), dtype, decoder.stored_nbytes, device, buffer, None)
-    if device.type != "cpu":
-        raise InputError(f"{where}: floatzip decodes on CUDA devices and the CPU, not {device}")
     one = cts[0] if len(cts) == 1 and cts[0].shape == tuple(shape) else None
     nbytes_code = sum(ct.nbytes for ct in cts)
     return _Packed(blocks._CpuDecoder(cts, "cpu"), tuple(shape), dtype, nbytes_code, device, buffer, one, cts)
@@ -319,6 +333,7 @@ def _staged_weight(
     dtype: torch.dtype,
     inner: Callable[..., Any],
     where: str,
+    backend: str,
 ) -> tuple[Parameter, _Slot]:
     """The weight parameter (a stand-in until its first staged load) and its slot."""
     device = torch.get_default_device()
@@ -327,7 +342,7 @@ def _staged_weight(
     order = _shard_order(layer)
     takes_parts = len(order) == len(partition_rows) and _unsharded(layer)
     part_rows = dict(zip(order, partition_rows, strict=True)) if takes_parts else None
-    slot = _Slot(weight, device, order, part_rows, inner, where=where)
+    slot = _Slot(weight, device, order, part_rows, inner, where=where, backend=backend)
     setattr(layer, "_floatzip", slot)  # noqa: B010 (nn.Module would refuse a typed attribute)
     return weight, slot
 
@@ -358,12 +373,15 @@ def _unsharded(layer: torch.nn.Module) -> bool:
 class FloatzipVllmConfig(QuantizationConfig):
     """The ``floatzip`` quantization method of vLLM: lossless, decoded on the fly, bit-identical outputs."""
 
-    def __init__(self, format_version: int = spec.FORMAT_VERSION) -> None:
+    def __init__(self, format_version: int = spec.FORMAT_VERSION, backend: str = "auto") -> None:
         super().__init__()
         self.format_version = checked_format_version(format_version)
+        if backend not in BACKENDS:
+            raise InputError(f"unknown floatzip decode backend {backend!r}; known: {', '.join(BACKENDS)}")
+        self.backend = backend
 
     def __repr__(self) -> str:
-        return f"FloatzipVllmConfig(format_version={self.format_version})"
+        return f"FloatzipVllmConfig(format_version={self.format_version}, backend={self.backend!r})"
 
     def get_name(self) -> str:
         return spec.QUANT_METHOD
@@ -381,13 +399,13 @@ class FloatzipVllmConfig(QuantizationConfig):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FloatzipVllmConfig:
-        return cls(config.get("format_version", spec.FORMAT_VERSION))
+        return cls(config.get("format_version", spec.FORMAT_VERSION), config.get("backend", "auto"))
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
         if isinstance(layer, LinearBase):
-            return FloatzipLinearMethod(prefix)
+            return FloatzipLinearMethod(prefix, self.backend)
         if isinstance(layer, VocabParallelEmbedding):  # ParallelLMHead included
-            return FloatzipEmbeddingMethod(prefix)
+            return FloatzipEmbeddingMethod(prefix, self.backend)
         return None
 
 
@@ -408,8 +426,9 @@ class FloatzipLinearMethod(LinearMethodBase):
 
     requires_device_loading = False  # the staged shard is coded on the host; only the code moves
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, prefix: str = "", backend: str = "auto") -> None:
         self.prefix = prefix
+        self.backend = backend
         self._gemm = _gemm()
 
     def create_weights(
@@ -430,6 +449,7 @@ class FloatzipLinearMethod(LinearMethodBase):
             params_dtype,
             inner,
             self.prefix or type(layer).__name__,
+            self.backend,
         )
         layer.register_parameter("weight", weight)
         set_weight_attrs(weight, {"input_dim": 1, "output_dim": 0, "weight_loader": _loader(slot)})
@@ -448,8 +468,9 @@ class FloatzipEmbeddingMethod(QuantizeMethodBase):
 
     requires_device_loading = False
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, prefix: str = "", backend: str = "auto") -> None:
         self.prefix = prefix
+        self.backend = backend
         self._gemm = _gemm()
 
     def create_weights(
@@ -470,6 +491,7 @@ class FloatzipEmbeddingMethod(QuantizeMethodBase):
             params_dtype,
             inner,
             self.prefix or type(layer).__name__,
+            self.backend,
         )
         layer.register_parameter("weight", weight)
         set_weight_attrs(weight, {"input_dim": 1, "output_dim": 0, "weight_loader": _loader(slot)})
