@@ -12,14 +12,16 @@ every vLLM process (the engine and each tensor-parallel worker) before it builds
   passes, and checks every plain tensor against the file's checksum map. Any other checkpoint passes
   through untouched.
 
-How a rank gets its shard without holding the model decoded: vLLM's own weight loaders cut each layer's
-shard (rows for column-parallel and merged layers, columns for row-parallel ones, vocabulary rows for
-embeddings, replicated KV heads...) from the decoded tensor, one checkpoint tensor at a time, into a host
-staging tensor of the shard's shape. As soon as a layer's last part has arrived (one tensor, or every
-``q``/``k``/``v`` or merged part), the shard is coded again (floatzip's encoder), only the code goes to
-the device and the staging tensor is freed. So host memory holds a few tensors at a time, device memory the
-compressed shards plus one decode buffer per device, as large as the largest layer; sharding needs no
-format support at the price of decoding and coding each weight once at load (BENCHMARKS.md, "vLLM").
+How a rank gets its shard without holding the model decoded: the stream decodes one checkpoint tensor
+at a time. A layer that holds it whole (tensor parallel 1: an ``o_proj``, or the ``q`` part of a QKV layer)
+keeps the tensor's stored code as it is, and a merged layer's parts decode one after the other into its
+rows. Otherwise vLLM's own weight loaders cut the shard (rows for column-parallel and merged layers, columns
+for row-parallel ones, vocabulary rows, replicated KV heads...) into a host staging tensor of the shard's
+shape, and once the layer's last part has arrived the shard is coded again (floatzip's encoder), only the
+code goes to the device and the staging tensor is freed. So host memory holds a few tensors at a time,
+device memory the compressed shards plus one decode buffer per device, as large as the largest layer; a
+shard needs no format support, at the price of coding it once at load (BENCHMARKS.md, "vLLM plugin"). With
+pipeline parallel, the tensors of other stages pass undecoded.
 
 ``apply`` decodes the layer into that buffer and runs the matmul vLLM runs for an unquantized layer, so
 outputs are bit-identical to vLLM's BF16 model. A layer's ``weight`` parameter keeps its shape, dtype and
