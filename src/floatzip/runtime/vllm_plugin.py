@@ -673,7 +673,16 @@ def register() -> None:
     from vllm.config.load import LoadConfig
 
     if type(get_model_loader(LoadConfig(load_format="auto"))) is DefaultModelLoader:
-        register_model_loader("auto")(FloatzipModelLoader)  # the same loader for every other checkpoint
+        # the same loader for every other checkpoint: vLLM's warning that "auto" is overwritten would only
+        # alarm people who load other models in this environment, so it is replaced by our own note
+        vllm_log = logging.getLogger("vllm.model_executor.model_loader")
+        level = vllm_log.level
+        vllm_log.setLevel(logging.ERROR)
+        try:
+            register_model_loader("auto")(FloatzipModelLoader)
+        finally:
+            vllm_log.setLevel(level)
+        logger.debug("floatzip: vLLM's default load format also decodes floatzip checkpoints")
     _registered = True
 
 
