@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -38,6 +39,7 @@ from floatzip.decode import decompress_tensor
 from floatzip.errors import BackendError, InputError, IntegrityError
 from floatzip.format.blob import CompressedTensor
 from floatzip.format.spec import align
+from floatzip.runtime import ops
 
 ALIGN = 256
 """Alignment, in bytes, of every parameter in a decode buffer (the CUDA backend's own default)."""
@@ -253,6 +255,14 @@ class _RowDecoder:
         if crc != self.ct.data_crc32:
             raise IntegrityError("the embedding decodes to the wrong bytes (checksum mismatch)")
 
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """The decoded row of each of ``ids`` (flat, any order, repeats allowed), as a [len(ids), cols] tensor on
+        ``ids``' device; an id out of range raises IndexError, as ``nn.Embedding`` does."""
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.rows):
+            raise IndexError("index out of range in self")
+        rows, inverse = torch.unique(ids.cpu(), sorted=True, return_inverse=True)
+        return self.gather(rows)[inverse].to(ids.device)
+
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """The decoded rows ``rows`` (sorted, unique, in range), as a [len(rows), cols] tensor."""
         from floatzip.decode.cpu import decode_tiles
@@ -279,22 +289,23 @@ class _RowDecoder:
         return out
 
 
-def _row_forward(module: nn.Embedding, decoder: _RowDecoder, unit: Unit) -> Callable[..., torch.Tensor]:
-    """``module.forward`` over the decoded rows of its input ids only: the ids are renumbered into a compact
-    table of those rows, and the module's own forward runs on it (a pure gather: bit-identical)."""
+def _row_forward(module: nn.Embedding, key: int) -> Callable[..., torch.Tensor]:
+    """``module.forward`` over the decoded rows of its input ids only: ``floatzip::embedding_rows`` (one custom
+    operator, so ``torch.compile`` keeps the graph whole) returns the row of each id, and the module's own forward
+    runs on that table with the ids renumbered ``0..n-1`` (a pure gather, then whatever a subclass adds, such as
+    Gemma's scale: bit-identical)."""
     inner = module.forward
 
     def forward(input: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if input.numel() and (int(input.min()) < 0 or int(input.max()) >= decoder.rows):
-            raise IndexError("index out of range in self")
-        unit.calls += 1
-        rows, inverse = torch.unique(input.reshape(-1).cpu(), sorted=True, return_inverse=True)
-        table = decoder.gather(rows)
-        stand_in, padding = module._parameters["weight"], getattr(module, "padding_idx", None)
-        module._parameters["weight"] = nn.Parameter(table.to(input.device), requires_grad=False)
+        flat = input.reshape(-1)
+        table = torch.ops.floatzip.embedding_rows(flat, key)
+        local = torch.arange(flat.shape[0], device=input.device).view(input.shape)
+        stand_in, padding = module._parameters["weight"], module.padding_idx
+        # a plain tensor, not a Parameter: Dynamo traces this swap, and cannot create Parameters in a graph
+        module._parameters["weight"] = table
         module.padding_idx = None  # it changes only gradients; as a row number it would not fit the table
         try:
-            return inner(inverse.view(input.shape).to(input.device), *args, **kwargs)
+            return inner(local, *args, **kwargs)
         finally:
             module._parameters["weight"] = stand_in
             module.padding_idx = padding
@@ -366,6 +377,12 @@ class _CudaDecoder:
         assert self.batch is not None
         batch = self.batch
         if self.offloaded:
+            if torch.cuda.is_current_stream_capturing():
+                raise BackendError(
+                    "a model loaded with offload cannot be captured in a CUDA graph (torch.cuda.graph, "
+                    "torch.compile(mode='reduce-overhead')): each forward copies every unit's compressed bytes to "
+                    "freshly allocated device memory on a side stream; load it without offload to capture it"
+                )
             current = torch.cuda.current_stream(self.device)
             if self._prefetched is not None and self._event is not None:
                 current.wait_event(self._event)
@@ -431,7 +448,8 @@ class Unit:
     params: list[str]  # qualified names of the parameter slots it fills
     decoder: Any
     handle: RemovableHandle | None = None
-    calls: int = 0
+    calls: int = 0  # decodes run (row lookups, for an embedding decoded by rows)
+    key: int = 0  # its key in floatzip.runtime.ops (torch.ops.floatzip.decode_into / embedding_rows)
 
     @property
     def nbytes(self) -> int:
@@ -506,6 +524,9 @@ class FloatzipRuntime:
         self.shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}  # param name -> decoded dtype, shape
         self.slots: dict[str, tuple[Unit, int]] = {}  # param name -> (unit, index of its tensor in the unit)
         self._copy_streams: dict[torch.device, Any] = {}
+        self._views: dict[torch.device, torch.Tensor] = {}  # each buffer as the hooks pass it (see _typed)
+        self._keys: list[tuple[int, bool]] = []  # (key in floatzip.runtime.ops, is a row lookup)
+        weakref.finalize(self, _unregister, self._keys)
 
     # -- buffers -------------------------------------------------------------------------
     def _staging_for(self, device: torch.device) -> Callable[[int], torch.Tensor]:
@@ -519,17 +540,50 @@ class FloatzipRuntime:
         return get
 
     # -- hooks ---------------------------------------------------------------------------
-    def _hook(self, unit: Unit, index: int) -> Callable[..., None]:
+    def _hook(self, unit: Unit) -> Callable[..., None]:
+        """The unit's forward pre-hook: one ``torch.ops.floatzip.decode_into`` (a custom operator: Dynamo traces
+        the hook and keeps the decode as one node, so a ``fullgraph`` compile holds)."""
+        buffer, key = self._views[unit.device], unit.key
+
         def pre_forward(module: nn.Module, args: Any) -> None:
-            unit.calls += 1
-            unit.decoder.decode(self.buffers[unit.device])
-            if unit.device.type == "cuda" and unit.decoder.offloaded:
-                nxt = self._next_on(unit.device, index)
-                if nxt is not None:
-                    stream = self._copy_streams.setdefault(unit.device, torch.cuda.Stream(unit.device))
-                    nxt.decoder.prefetch(stream)
+            torch.ops.floatzip.decode_into(buffer, key)
 
         return pre_forward
+
+    def _register(self, index: int) -> None:
+        """Register unit ``index``'s decode (or row lookup) with floatzip.runtime.ops. The registry is global:
+        what it holds refers to this runtime weakly, and the keys are dropped when the runtime goes."""
+        ref = weakref.ref(self)
+        unit = self.units[index]
+
+        def gone() -> FloatzipRuntime:
+            rt = ref()
+            if rt is None:
+                raise InputError("the model this floatzip decoder belonged to is gone")
+            return rt
+
+        if isinstance(unit.decoder, _RowDecoder):
+            ct = unit.decoder.ct
+            unit.key = ops.register_rows(lambda ids: gone()._lookup(index, ids), ct.shape[1], ct.dtype)
+        else:
+            unit.key = ops.register(lambda buffer: gone()._decode(index, buffer.view(torch.uint8)))
+        self._keys.append((unit.key, isinstance(unit.decoder, _RowDecoder)))
+
+    def _lookup(self, index: int, ids: torch.Tensor) -> torch.Tensor:
+        unit = self.units[index]
+        unit.calls += 1
+        decoder: _RowDecoder = unit.decoder
+        return decoder.lookup(ids)
+
+    def _decode(self, index: int, buffer: torch.Tensor) -> None:
+        unit = self.units[index]
+        unit.calls += 1
+        unit.decoder.decode(buffer)
+        if unit.device.type == "cuda" and unit.decoder.offloaded:
+            nxt = self._next_on(unit.device, index)
+            if nxt is not None:
+                stream = self._copy_streams.setdefault(unit.device, torch.cuda.Stream(unit.device))
+                nxt.decoder.prefetch(stream)
 
     def _next_on(self, device: torch.device, index: int) -> Unit | None:
         for unit in self.units[index + 1 :] + self.units[:index]:
@@ -628,6 +682,7 @@ class FloatzipRuntime:
             module, attr = _slot(model, name)
             p = tied.setdefault(id(t), nn.Parameter(t, requires_grad=False))
             module._parameters[attr] = p
+        _unregister(self._keys)
         self.units.clear()
         self.buffers.clear()
         self.staging.clear()
@@ -635,6 +690,21 @@ class FloatzipRuntime:
             delattr(model, RUNTIME_ATTR)
 
     _sources: dict[str, CompressedTensor]
+
+
+def _typed(buffer: torch.Tensor, dtypes: set[torch.dtype]) -> torch.Tensor:
+    """``buffer`` viewed as its parameters' dtype when they share one (else as it is, uint8).
+
+    Under torch.compile the parameters (views of the buffer) are graph inputs aliasing the buffer the decode
+    operator mutates; AOTAutograd follows such a mutation into the views (its "synthetic base") only when they
+    all have one dtype, and refuses a uint8 buffer under BF16 views. The decoders still write bytes."""
+    return buffer.view(dtypes.pop()) if len(dtypes) == 1 else buffer
+
+
+def _unregister(keys: list[tuple[int, bool]]) -> None:
+    for key, rows in keys:
+        (ops.unregister_rows if rows else ops.unregister)(key)
+    keys.clear()
 
 
 def _slot(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -734,7 +804,12 @@ def install(
         size = rt.buffers.get(unit.device)
         need = max(unit.nbytes, 1)
         if size is None or size.numel() < need:
-            rt.buffers[unit.device] = torch.empty(need, dtype=torch.uint8, device=unit.device)
+            rt.buffers[unit.device] = torch.empty(align(need, 16), dtype=torch.uint8, device=unit.device)
+    for dev, buf in rt.buffers.items():
+        # the one buffer every decode writes never moves: telling Dynamo lets torch.compile(mode="reduce-overhead")
+        # keep a graph that mutates it under CUDA-graph replay instead of skipping cudagraphs for a mutated input
+        torch._dynamo.mark_static_address(buf)
+        rt._views[dev] = _typed(buf, {rt.shapes[n][0] for u in rt.units if u.device == dev for n in u.params})
 
     checked: set[int] = set()
     for unit in rt.units:  # the GPU kernel checks lane lengths, not data CRCs: each GPU unit is checked once, now
@@ -758,16 +833,16 @@ def install(
             stand_in = torch.zeros(1, dtype=dtype, device=unit.device).expand(shape)  # no data, the right face
             module._parameters[attr] = nn.Parameter(stand_in, requires_grad=False)
             assert isinstance(module, nn.Embedding)
-            module.__dict__["forward"] = _row_forward(
-                module, unit.decoder, unit
-            )  # an instance attribute, as in materialize
+            rt._register(i)
+            module.__dict__["forward"] = _row_forward(module, unit.key)  # an instance attribute, as in materialize
             continue
         for n in unit.params:
             module, attr = _slot(model, n)
             dtype, shape = rt.shapes[n]
             view = buffer_view(buf, unit.decoder.offsets[rt.slots[n][1]], dtype, shape)
             module._parameters[attr] = nn.Parameter(view, requires_grad=False)
-        unit.handle = unit.module.register_forward_pre_hook(rt._hook(unit, i))
+        rt._register(i)
+        unit.handle = unit.module.register_forward_pre_hook(rt._hook(unit))
 
     if target is not None:
         _move_rest(model, rt, target)
