@@ -808,8 +808,8 @@ def install(
     for dev, buf in rt.buffers.items():
         # the one buffer every decode writes never moves: telling Dynamo lets torch.compile(mode="reduce-overhead")
         # keep a graph that mutates it under CUDA-graph replay instead of skipping cudagraphs for a mutated input
-        torch._dynamo.mark_static_address(buf)
         rt._views[dev] = _typed(buf, {rt.shapes[n][0] for u in rt.units if u.device == dev for n in u.params})
+        torch._dynamo.mark_static_address(rt._views[dev])  # what the hooks pass (a view is not marked with its base)
 
     checked: set[int] = set()
     for unit in rt.units:  # the GPU kernel checks lane lengths, not data CRCs: each GPU unit is checked once, now
