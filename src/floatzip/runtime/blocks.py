@@ -18,6 +18,11 @@ With ``offload``, the compressed bytes stay in host memory (pinned when CUDA exi
 bytes are copied to the device just before decoding (on CUDA: asynchronously, the next unit's copy
 overlapping the current unit's compute).
 
+Every decode goes through one custom operator (:mod:`floatzip.runtime.ops`: ``decode_into``, ``embedding_rows``,
+``gemv``), so ``torch.compile(fullgraph=True)`` traces a model whole, hooks included; on the GPU the decoders launch
+on the current stream with no allocation and no host sync, so CUDA-graph capture records them (offload excepted:
+it refuses capture). ``fused=True`` runs the Linear layers of a GPU block by the fused decode-GEMV at up to 8 rows.
+
 Nothing here imports transformers: the same runtime serves plain ``nn.Module`` trees.
 """
 
@@ -439,6 +444,7 @@ class _FusedDecoder:
                 hb = p.batch
                 arrays = {k: dg.tensors[k] for k in cuda.ARRAYS}  # the GEMV's arrays, decoded by the decoder too
                 self.products.append(dg)
+                self.stored_nbytes += 4 * (dg.partials.numel() + dg.xt.numel() + dg.y.numel())  # its fp32 rooms
                 self.batches.append(cuda.DeviceBatch(device, hb.dtypes, hb.shapes, hb.offsets, hb.nbytes,
                                                      hb.tile_tensor, hb.launches, arrays, dg.errors))  # fmt: skip
 
