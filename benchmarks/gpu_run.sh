@@ -6,7 +6,8 @@
 #
 # 1. builds the compiled core against the machine's own Python (its image has scikit-build-core, nanobind,
 #    cmake and ninja; nothing is downloaded);
-# 2. the GPU tests (the real kernel against the CPU, bit for bit; CUDA-graph replay);
+# 2. the GPU tests (the real kernel against the CPU, bit for bit; CUDA-graph replay of the decoder and of a model,
+#    torch.compile(mode="reduce-overhead"));
 # 3. benchmarks/gpu_decode.py: floatzip's kernel, a device copy (the ceiling) and, when the dfloat11 and
 #    dahuffman wheels were carried in .whl/ (pip download --no-deps dfloat11==0.5.0 dahuffman==0.4.2), DFloat11's
 #    own kernel, on 16 MB to 1 GB tensors and a Llama-8B block;
@@ -25,6 +26,10 @@ fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 timeout 240 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3 | tee "$OUT/build.txt"
 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/decode/test_cuda.py tests/decode/test_gemv.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
+# the runtime under torch.cuda.graph and torch.compile(mode="reduce-overhead"), bit for bit against eager BF16
+# (tests/runtime needs transformers: without it the whole folder is skipped, which the output says)
+timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/runtime/test_cuda_graphs.py 2>&1 | tail -15 \
+  | tee "$OUT/tests_graphs.txt"
 timeout 300 python3 benchmarks/gpu_decode.py --json "$OUT/gpu_decode.json" 2>&1 | tee "$OUT/gpu_decode.txt"
 timeout 150 python3 benchmarks/gpu_gemv.py --iters 30 --json "$OUT/gpu_gemv.json" 2>&1 | tee "$OUT/gpu_gemv.txt"
 timeout 120 python3 benchmarks/gpu_gemv.py --iters 30 --steps 32 --json "$OUT/gpu_gemv_256.json" 2>&1 \

@@ -140,6 +140,8 @@ class DeviceGemv:
     tensors: dict[str, torch.Tensor]
     partials: torch.Tensor  # room for 8 rows of X
     errors: torch.Tensor
+    xt: torch.Tensor  # fp32 room for X transposed, 8 rows: filled by each call, never reallocated
+    y: torch.Tensor  # fp32 room for Y, 8 rows
 
     def check(self) -> None:
         """Raise IntegrityError if the last product met a tile that does not decode (synchronises)."""
@@ -161,7 +163,9 @@ def prepare(p: GemvPlan | CompressedTensor, device: torch.device | str | None = 
     tensors["seg_base"] = torch.from_numpy(gp.seg_base.view(np.uint8)).to(dev)
     tensors["row_seg"] = torch.from_numpy(gp.row_seg.view(np.uint8)).to(dev)
     partials = torch.zeros(max(gp.partials_len(MAX_BATCH), 1), dtype=torch.float32, device=dev)
-    return DeviceGemv(gp, dev, tensors, partials, db.errors)
+    xt = torch.zeros(gp.in_features * MAX_BATCH, dtype=torch.float32, device=dev)
+    y = torch.zeros(gp.rows * MAX_BATCH, dtype=torch.float32, device=dev)
+    return DeviceGemv(gp, dev, tensors, partials, db.errors, xt, y)
 
 
 def kernel_batch(nb: int) -> int:
@@ -170,10 +174,11 @@ def kernel_batch(nb: int) -> int:
 
 
 def gemv(dg: DeviceGemv, x: torch.Tensor) -> torch.Tensor:
-    """``Y = X W^T`` on the GPU (``x``: ``[nb, in]``, any float dtype, read as fp32): ``[nb, out]`` fp32.
+    """``Y = X W^T`` on the GPU (``x``: ``[nb, in]``, any float dtype, read as fp32): ``[nb, out]`` fp32, a view
+    of ``dg.y``, which the next call on ``dg`` overwrites (copy it out, or consume it first).
 
-    Launches on the current stream; no synchronisation. Corrupt tiles are flagged in ``dg.errors``
-    (:meth:`DeviceGemv.check`)."""
+    Launches on the current stream into ``dg``'s own X and Y rooms; no allocation, no synchronisation: CUDA-graph
+    safe. Corrupt tiles are flagged in ``dg.errors`` (:meth:`DeviceGemv.check`)."""
     import torch
 
     p = dg.plan
@@ -182,9 +187,11 @@ def gemv(dg: DeviceGemv, x: torch.Tensor) -> torch.Tensor:
     nb = x.shape[0]
     _check_x(p, nb, x.shape[1])
     kb = kernel_batch(nb)
-    xt = torch.zeros(p.in_features, kb, dtype=torch.float32, device=dg.device)
-    xt[:, :nb] = x.t()
-    y = torch.empty(kb, p.rows, dtype=torch.float32, device=dg.device)
+    xt = dg.xt[: p.in_features * kb].view(p.in_features, kb)
+    if nb < kb:
+        xt[:, nb:].zero_()  # the padding rows of X
+    xt[:, :nb].copy_(x.t())
+    y = dg.y[: kb * p.rows].view(kb, p.rows)
     if p.path == 0:
         dg.partials.zero_()
     name = _nvrtc.gemv_kernel_name(p.raw_bits, p.long_codes, kb, p.f16, p.path)

@@ -18,6 +18,11 @@ With ``offload``, the compressed bytes stay in host memory (pinned when CUDA exi
 bytes are copied to the device just before decoding (on CUDA: asynchronously, the next unit's copy
 overlapping the current unit's compute).
 
+Every decode goes through one custom operator (:mod:`floatzip.runtime.ops`: ``decode_into``, ``embedding_rows``,
+``gemv``), so ``torch.compile(fullgraph=True)`` traces a model whole, hooks included; on the GPU the decoders launch
+on the current stream with no allocation and no host sync, so CUDA-graph capture records them (offload excepted:
+it refuses capture). ``fused=True`` runs the Linear layers of a GPU block by the fused decode-GEMV at up to 8 rows.
+
 Nothing here imports transformers: the same runtime serves plain ``nn.Module`` trees.
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -38,6 +44,7 @@ from floatzip.decode import decompress_tensor
 from floatzip.errors import BackendError, InputError, IntegrityError
 from floatzip.format.blob import CompressedTensor
 from floatzip.format.spec import align
+from floatzip.runtime import ops
 
 ALIGN = 256
 """Alignment, in bytes, of every parameter in a decode buffer (the CUDA backend's own default)."""
@@ -253,6 +260,14 @@ class _RowDecoder:
         if crc != self.ct.data_crc32:
             raise IntegrityError("the embedding decodes to the wrong bytes (checksum mismatch)")
 
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """The decoded row of each of ``ids`` (flat, any order, repeats allowed), as a [len(ids), cols] tensor on
+        ``ids``' device; an id out of range raises IndexError, as ``nn.Embedding`` does."""
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.rows):
+            raise IndexError("index out of range in self")
+        rows, inverse = torch.unique(ids.cpu(), sorted=True, return_inverse=True)
+        return self.gather(rows)[inverse].to(ids.device)
+
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """The decoded rows ``rows`` (sorted, unique, in range), as a [len(rows), cols] tensor."""
         from floatzip.decode.cpu import decode_tiles
@@ -279,22 +294,23 @@ class _RowDecoder:
         return out
 
 
-def _row_forward(module: nn.Embedding, decoder: _RowDecoder, unit: Unit) -> Callable[..., torch.Tensor]:
-    """``module.forward`` over the decoded rows of its input ids only: the ids are renumbered into a compact
-    table of those rows, and the module's own forward runs on it (a pure gather: bit-identical)."""
+def _row_forward(module: nn.Embedding, key: int) -> Callable[..., torch.Tensor]:
+    """``module.forward`` over the decoded rows of its input ids only: ``floatzip::embedding_rows`` (one custom
+    operator, so ``torch.compile`` keeps the graph whole) returns the row of each id, and the module's own forward
+    runs on that table with the ids renumbered ``0..n-1`` (a pure gather, then whatever a subclass adds, such as
+    Gemma's scale: bit-identical)."""
     inner = module.forward
 
     def forward(input: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if input.numel() and (int(input.min()) < 0 or int(input.max()) >= decoder.rows):
-            raise IndexError("index out of range in self")
-        unit.calls += 1
-        rows, inverse = torch.unique(input.reshape(-1).cpu(), sorted=True, return_inverse=True)
-        table = decoder.gather(rows)
-        stand_in, padding = module._parameters["weight"], getattr(module, "padding_idx", None)
-        module._parameters["weight"] = nn.Parameter(table.to(input.device), requires_grad=False)
+        flat = input.reshape(-1)
+        table = torch.ops.floatzip.embedding_rows(flat, key)
+        local = torch.arange(flat.shape[0], device=input.device).view(input.shape)
+        stand_in, padding = module._parameters["weight"], module.padding_idx
+        # a plain tensor, not a Parameter: Dynamo traces this swap, and cannot create Parameters in a graph
+        module._parameters["weight"] = table
         module.padding_idx = None  # it changes only gradients; as a row number it would not fit the table
         try:
-            return inner(inverse.view(input.shape).to(input.device), *args, **kwargs)
+            return inner(local, *args, **kwargs)
         finally:
             module._parameters["weight"] = stand_in
             module.padding_idx = padding
@@ -366,6 +382,12 @@ class _CudaDecoder:
         assert self.batch is not None
         batch = self.batch
         if self.offloaded:
+            if torch.cuda.is_current_stream_capturing():
+                raise BackendError(
+                    "a model loaded with offload cannot be captured in a CUDA graph (torch.cuda.graph, "
+                    "torch.compile(mode='reduce-overhead')): each forward copies every unit's compressed bytes to "
+                    "freshly allocated device memory on a side stream; load it without offload to capture it"
+                )
             current = torch.cuda.current_stream(self.device)
             if self._prefetched is not None and self._event is not None:
                 current.wait_event(self._event)
@@ -390,6 +412,114 @@ class _CudaDecoder:
         for i, (off, crc) in enumerate(zip(self.offsets, self.crcs, strict=True)):
             if self._cuda.crc32c_of(buffer[off : off + self.sizes[i]]) != crc:
                 raise IntegrityError(f"{self.names[i]}: checksum mismatch after decoding (corrupt data)")
+
+
+class _FusedDecoder:
+    """A GPU unit whose compressed tensors are all Linear weights, with ``fused``: each weight is laid out for the
+    fused decode-GEMV (floatzip.decode.gemv), whose arrays are also a one-tensor decode batch. An input of up to
+    8 rows runs the fused product (W read compressed, never written); a larger one decodes that weight alone into
+    its place in the buffer and runs the Linear's own matmul (bit-identical). Nothing is decoded before the unit
+    runs. With ``emulated`` both run on the CPU by the kernels' own code (the tests' GPU path)."""
+
+    offloaded = False
+
+    def __init__(self, cts: Sequence[CompressedTensor], device: torch.device, emulated: bool) -> None:
+        from floatzip.decode import cuda, gemv
+
+        self._cuda, self._gemv = cuda, gemv
+        self.device = device
+        v2 = [_as_v2(ct) for ct in cts]
+        self.offsets, self.nbytes = _layout(v2)
+        self.plans = [gemv.plan(ct) for ct in v2]
+        self.out_features = [ct.shape[0] for ct in v2]
+        self.crcs = [ct.data_crc32 for ct in v2]
+        self.sizes = [ct.original_nbytes for ct in v2]
+        self.names: list[str] = [f"tensor {i} of the unit" for i in range(len(v2))]
+        self.stored_nbytes = sum(p.batch.stored_nbytes + p.seg_base.nbytes + p.row_seg.nbytes for p in self.plans)
+        self.products: list[Any] = []
+        self.batches: list[Any] = []
+        if not emulated:
+            for p in self.plans:
+                dg = gemv.prepare(p, device)
+                hb = p.batch
+                arrays = {k: dg.tensors[k] for k in cuda.ARRAYS}  # the GEMV's arrays, decoded by the decoder too
+                self.products.append(dg)
+                self.stored_nbytes += 4 * (dg.partials.numel() + dg.xt.numel() + dg.y.numel())  # its fp32 rooms
+                self.batches.append(cuda.DeviceBatch(device, hb.dtypes, hb.shapes, hb.offsets, hb.nbytes,
+                                                     hb.tile_tensor, hb.launches, arrays, dg.errors))  # fmt: skip
+
+    def parts(self) -> list[tuple[int, int]]:
+        return [(id(self), self.stored_nbytes)]
+
+    def decode_one(self, j: int, buffer: torch.Tensor) -> None:
+        """Decode weight ``j`` into its place in ``buffer`` (flat uint8)."""
+        at = buffer[self.offsets[j] :]
+        if not self.batches:
+            errors = self._cuda.emulate(self.plans[j].batch, at.numpy())
+            if errors.any():
+                raise IntegrityError(f"{self.names[j]}: tile {int(np.flatnonzero(errors)[0])} does not decode")
+            return
+        self._cuda.decode_batch(self.batches[j], at)
+
+    def decode(self, buffer: torch.Tensor) -> None:
+        for j in range(len(self.plans)):
+            self.decode_one(j, buffer)
+
+    def product(self, j: int, x: torch.Tensor) -> torch.Tensor:
+        """``x W_j^T`` (``x``: ``[nb <= 8, in]``) in fp32, a fresh tensor."""
+        if not self.products:
+            y, errors = self._gemv.emulate(self.plans[j], x.float().contiguous().numpy())
+            if errors.any():
+                raise IntegrityError(f"{self.names[j]}: tile {int(np.flatnonzero(errors)[0])} does not decode")
+            return torch.from_numpy(y.copy())
+        return self._gemv.gemv(self.products[j], x).clone()  # its Y room is the weight's own: copied out
+
+    def check(self) -> None:
+        for b in self.batches:
+            b.check()
+
+    def verify(self, buffer: torch.Tensor) -> None:
+        """As :meth:`_CudaDecoder.verify`: decode once, check every tensor's CRC-32C."""
+        self.decode(buffer)
+        self.check()
+        for i, (off, crc) in enumerate(zip(self.offsets, self.crcs, strict=True)):
+            if self._cuda.crc32c_of(buffer[off : off + self.sizes[i]]) != crc:
+                raise IntegrityError(f"{self.names[i]}: checksum mismatch after decoding (corrupt data)")
+
+
+def _fusable(model: nn.Module, names: Sequence[str], cts: Sequence[CompressedTensor]) -> bool:
+    """Whether every compressed tensor of a unit is the weight of exactly one plain nn.Linear, 2-D BF16/F16."""
+    if len(cts) != len(names) or not names:
+        return False
+    for n, ct in zip(names, cts, strict=True):
+        module, attr = _slot(model, n)
+        if type(module) is not nn.Linear or attr != "weight" or ct.dtype not in (torch.bfloat16, torch.float16):
+            return False
+        if ct.shape != (module.out_features, module.in_features):
+            return False
+    return True
+
+
+def _fused_forward(
+    module: nn.Linear, buffer: torch.Tensor, decode_key: int, gemv_key: int
+) -> Callable[..., torch.Tensor]:
+    """``module.forward`` for a fused unit: up to 8 rows through ``floatzip::gemv`` (fp32 product, plus the bias in
+    fp32, rounded once to the input's dtype); more through its own decode and the Linear's matmul."""
+    from floatzip.decode.gemv import MAX_BATCH
+
+    inner = module.forward
+
+    def forward(input: torch.Tensor) -> torch.Tensor:
+        rows = input.numel() // input.shape[-1] if input.shape[-1] else 0
+        if 1 <= rows <= MAX_BATCH:
+            y = torch.ops.floatzip.gemv(input.reshape(rows, input.shape[-1]), gemv_key)
+            if module.bias is not None:
+                y = y + module.bias.float()
+            return y.to(input.dtype).view(*input.shape[:-1], y.shape[-1])
+        torch.ops.floatzip.decode_into(buffer, decode_key)
+        return inner(input)
+
+    return forward
 
 
 def _as_v2(ct: CompressedTensor) -> CompressedTensor:
@@ -431,7 +561,8 @@ class Unit:
     params: list[str]  # qualified names of the parameter slots it fills
     decoder: Any
     handle: RemovableHandle | None = None
-    calls: int = 0
+    calls: int = 0  # decodes run (row lookups, for an embedding decoded by rows)
+    key: int = 0  # its key in floatzip.runtime.ops (torch.ops.floatzip.decode_into / embedding_rows)
 
     @property
     def nbytes(self) -> int:
@@ -506,6 +637,11 @@ class FloatzipRuntime:
         self.shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}  # param name -> decoded dtype, shape
         self.slots: dict[str, tuple[Unit, int]] = {}  # param name -> (unit, index of its tensor in the unit)
         self._copy_streams: dict[torch.device, Any] = {}
+        self._views: dict[torch.device, torch.Tensor] = {}  # each buffer as the hooks pass it (see _typed)
+        self._keys: list[tuple[int, str]] = []  # (key in floatzip.runtime.ops, "decode" / "rows" / "gemv")
+        self._forwards: list[nn.Module] = []  # modules given an instance forward (fused Linears)
+        self.fused: dict[str, tuple[int, int]] = {}  # fused Linear weight name -> (decode key, floatzip::gemv key)
+        weakref.finalize(self, _unregister, self._keys)
 
     # -- buffers -------------------------------------------------------------------------
     def _staging_for(self, device: torch.device) -> Callable[[int], torch.Tensor]:
@@ -519,17 +655,91 @@ class FloatzipRuntime:
         return get
 
     # -- hooks ---------------------------------------------------------------------------
-    def _hook(self, unit: Unit, index: int) -> Callable[..., None]:
+    def _hook(self, unit: Unit) -> Callable[..., None]:
+        """The unit's forward pre-hook: one ``torch.ops.floatzip.decode_into`` (a custom operator: Dynamo traces
+        the hook and keeps the decode as one node, so a ``fullgraph`` compile holds)."""
+        buffer, key = self._views[unit.device], unit.key
+
         def pre_forward(module: nn.Module, args: Any) -> None:
-            unit.calls += 1
-            unit.decoder.decode(self.buffers[unit.device])
-            if unit.device.type == "cuda" and unit.decoder.offloaded:
-                nxt = self._next_on(unit.device, index)
-                if nxt is not None:
-                    stream = self._copy_streams.setdefault(unit.device, torch.cuda.Stream(unit.device))
-                    nxt.decoder.prefetch(stream)
+            torch.ops.floatzip.decode_into(buffer, key)
 
         return pre_forward
+
+    def _register(self, index: int) -> None:
+        """Register unit ``index``'s decode (or row lookup) with floatzip.runtime.ops. The registry is global:
+        what it holds refers to this runtime weakly, and the keys are dropped when the runtime goes."""
+        ref = weakref.ref(self)
+        unit = self.units[index]
+
+        def gone() -> FloatzipRuntime:
+            rt = ref()
+            if rt is None:
+                raise InputError("the model this floatzip decoder belonged to is gone")
+            return rt
+
+        if isinstance(unit.decoder, _RowDecoder):
+            ct = unit.decoder.ct
+            unit.key = ops.register_rows(lambda ids: gone()._lookup(index, ids), ct.shape[1], ct.dtype)
+        else:
+            unit.key = ops.register(lambda buffer: gone()._decode(index, buffer.view(torch.uint8)))
+        self._keys.append((unit.key, "rows" if isinstance(unit.decoder, _RowDecoder) else "decode"))
+
+    def _lookup(self, index: int, ids: torch.Tensor) -> torch.Tensor:
+        unit = self.units[index]
+        unit.calls += 1
+        decoder: _RowDecoder = unit.decoder
+        return decoder.lookup(ids)
+
+    def _decode(self, index: int, buffer: torch.Tensor) -> None:
+        unit = self.units[index]
+        unit.calls += 1
+        unit.decoder.decode(buffer)
+        if unit.device.type == "cuda" and unit.decoder.offloaded:
+            nxt = self._next_on(unit.device, index)
+            if nxt is not None:
+                stream = self._copy_streams.setdefault(unit.device, torch.cuda.Stream(unit.device))
+                nxt.decoder.prefetch(stream)
+
+    def _register_fused(self, index: int, model: nn.Module) -> None:
+        """Give each Linear of fused unit ``index`` its own decode (for inputs of more than 8 rows) and its fused
+        product (for up to 8), both as floatzip.runtime.ops keys, and the forward that picks one."""
+        ref = weakref.ref(self)
+        unit = self.units[index]
+        decoder: _FusedDecoder = unit.decoder
+
+        def rt() -> FloatzipRuntime:
+            got = ref()
+            if got is None:
+                raise InputError("the model this floatzip decoder belonged to is gone")
+            return got
+
+        def decode(j: int) -> Callable[[torch.Tensor], None]:
+            return lambda buffer: rt()._decode_one(index, j, buffer.view(torch.uint8))
+
+        def product(j: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda x: rt()._product(index, j, x)
+
+        for name in unit.params:
+            j = self.slots[name][1]
+            module, _ = _slot(model, name)
+            decode_key = ops.register(decode(j))
+            gemv_key = ops.register_gemv(product(j), decoder.out_features[j])
+            self._keys += [(decode_key, "decode"), (gemv_key, "gemv")]
+            self.fused[name] = (decode_key, gemv_key)
+            assert isinstance(module, nn.Linear)
+            module.__dict__["forward"] = _fused_forward(module, self._views[unit.device], decode_key, gemv_key)
+            self._forwards.append(module)
+
+    def _decode_one(self, index: int, j: int, buffer: torch.Tensor) -> None:
+        unit = self.units[index]
+        unit.calls += 1
+        unit.decoder.decode_one(j, buffer)
+
+    def _product(self, index: int, j: int, x: torch.Tensor) -> torch.Tensor:
+        unit = self.units[index]
+        unit.calls += 1
+        out: torch.Tensor = unit.decoder.product(j, x)
+        return out
 
     def _next_on(self, device: torch.device, index: int) -> Unit | None:
         for unit in self.units[index + 1 :] + self.units[:index]:
@@ -622,12 +832,17 @@ class FloatzipRuntime:
             if unit.handle is not None:
                 unit.handle.remove()
             unit.module.__dict__.pop("forward", None)  # a row-decoded embedding's own forward, back
+        for module in self._forwards:
+            module.__dict__.pop("forward", None)  # a fused Linear's own forward, back
+        self._forwards.clear()
+        self.fused.clear()
         model.__dict__.pop("_apply", None)  # moves and casts allowed again
         tied: dict[int, nn.Parameter] = {}
         for name, t in decoded.items():
             module, attr = _slot(model, name)
             p = tied.setdefault(id(t), nn.Parameter(t, requires_grad=False))
             module._parameters[attr] = p
+        _unregister(self._keys)
         self.units.clear()
         self.buffers.clear()
         self.staging.clear()
@@ -635,6 +850,22 @@ class FloatzipRuntime:
             delattr(model, RUNTIME_ATTR)
 
     _sources: dict[str, CompressedTensor]
+
+
+def _typed(buffer: torch.Tensor, dtypes: set[torch.dtype]) -> torch.Tensor:
+    """``buffer`` viewed as its parameters' dtype when they share one (else as it is, uint8).
+
+    Under torch.compile the parameters (views of the buffer) are graph inputs aliasing the buffer the decode
+    operator mutates; AOTAutograd follows such a mutation into the views (its "synthetic base") only when they
+    all have one dtype, and refuses a uint8 buffer under BF16 views. The decoders still write bytes."""
+    return buffer.view(dtypes.pop()) if len(dtypes) == 1 else buffer
+
+
+def _unregister(keys: list[tuple[int, str]]) -> None:
+    drop = {"decode": ops.unregister, "rows": ops.unregister_rows, "gemv": ops.unregister_gemv}
+    for key, kind in keys:
+        drop[kind](key)
+    keys.clear()
 
 
 def _slot(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -654,6 +885,7 @@ def install(
     backend: str = "auto",
     offload: bool = False,
     blocks: Sequence[str] | None = None,
+    fused: bool = False,
 ) -> FloatzipRuntime:
     """Make ``model`` run from ``compressed`` (qualified parameter name -> compressed tensor).
 
@@ -662,6 +894,11 @@ def install(
     ``devices`` gives each parameter's device (default: where the slot's current tensor is, the CPU
     for meta tensors); ``device`` overrides it for every unit and also moves every other parameter and
     buffer there. ``blocks`` overrides the discovered block names (:func:`find_blocks`).
+
+    ``fused`` (opt-in; GPU units, not offloaded): a unit whose compressed tensors are all plain ``nn.Linear``
+    weights runs each Linear by the fused decode-GEMV when its input has at most 8 rows (not bit-identical to
+    the BF16 model: another fp32 summation order, docs/KERNELS.md), and by its own decode and the same matmul
+    otherwise (bit-identical); other units run as without it.
     """
     if getattr(model, RUNTIME_ATTR, None) is not None:
         raise InputError("floatzip's runtime is already installed on this model")
@@ -714,6 +951,8 @@ def install(
         module = model.get_submodule(unit_name) if unit_name else model
         if _rows_apply(module, names, cts, chosen, offload):
             decoder = _RowDecoder(cts[0])  # not shared: a tied lm_head needs the whole matrix, in the buffer
+        elif fused and not offload and chosen in ("cuda", "emulated") and _fusable(model, names, cts):
+            decoder = _FusedDecoder(cts, dev, emulated=chosen == "emulated")
         elif decoder is not None and not isinstance(decoder, _RowDecoder):
             pass  # a unit decoding exactly the same tensors (a tied lm_head): share its compressed copy
         elif chosen in ("cuda", "emulated"):
@@ -722,7 +961,7 @@ def install(
             decoder = _CpuOffloadDecoder(cts, chosen, rt._staging_for(dev))
         else:
             decoder = _CpuDecoder(cts, chosen)
-        if not isinstance(decoder, _RowDecoder):
+        if not isinstance(decoder, _RowDecoder | _FusedDecoder):
             shared[(dev, chosen, tuple(id(ct) for ct in cts))] = decoder
         unit = Unit(unit_name, module, dev, list(names), decoder)
         for n in names:
@@ -734,11 +973,16 @@ def install(
         size = rt.buffers.get(unit.device)
         need = max(unit.nbytes, 1)
         if size is None or size.numel() < need:
-            rt.buffers[unit.device] = torch.empty(need, dtype=torch.uint8, device=unit.device)
+            rt.buffers[unit.device] = torch.empty(align(need, 16), dtype=torch.uint8, device=unit.device)
+    for dev, buf in rt.buffers.items():
+        # the one buffer every decode writes never moves: telling Dynamo lets torch.compile(mode="reduce-overhead")
+        # keep a graph that mutates it under CUDA-graph replay instead of skipping cudagraphs for a mutated input
+        rt._views[dev] = _typed(buf, {rt.shapes[n][0] for u in rt.units if u.device == dev for n in u.params})
+        torch._dynamo.mark_static_address(rt._views[dev])  # what the hooks pass (a view is not marked with its base)
 
     checked: set[int] = set()
     for unit in rt.units:  # the GPU kernel checks lane lengths, not data CRCs: each GPU unit is checked once, now
-        if isinstance(unit.decoder, _CudaDecoder) and id(unit.decoder) not in checked:
+        if isinstance(unit.decoder, _CudaDecoder | _FusedDecoder) and id(unit.decoder) not in checked:
             checked.add(id(unit.decoder))
             for n in unit.params:
                 unit.decoder.names[rt.slots[n][1]] = f"tensor {n!r}"
@@ -758,16 +1002,19 @@ def install(
             stand_in = torch.zeros(1, dtype=dtype, device=unit.device).expand(shape)  # no data, the right face
             module._parameters[attr] = nn.Parameter(stand_in, requires_grad=False)
             assert isinstance(module, nn.Embedding)
-            module.__dict__["forward"] = _row_forward(
-                module, unit.decoder, unit
-            )  # an instance attribute, as in materialize
+            rt._register(i)
+            module.__dict__["forward"] = _row_forward(module, unit.key)  # an instance attribute, as in materialize
             continue
         for n in unit.params:
             module, attr = _slot(model, n)
             dtype, shape = rt.shapes[n]
             view = buffer_view(buf, unit.decoder.offsets[rt.slots[n][1]], dtype, shape)
             module._parameters[attr] = nn.Parameter(view, requires_grad=False)
-        unit.handle = unit.module.register_forward_pre_hook(rt._hook(unit, i))
+        if isinstance(unit.decoder, _FusedDecoder):
+            rt._register_fused(i, model)  # no pre-hook: each Linear decodes (or multiplies) its own weight
+            continue
+        rt._register(i)
+        unit.handle = unit.module.register_forward_pre_hook(rt._hook(unit))
 
     if target is not None:
         _move_rest(model, rt, target)

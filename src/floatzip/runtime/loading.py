@@ -118,13 +118,13 @@ class LoadingMixin:
                 self.ratio = min(1.0, blob_bytes / original_bytes)
 
     def install_runtime(
-        self, model: torch.nn.Module, *, device: torch.device | None, backend: str, offload: bool
+        self, model: torch.nn.Module, *, device: torch.device | None, backend: str, offload: bool, fused: bool = False
     ) -> None:
         if self.errors:
             raise self.errors[0]
         compressed = self.compressed_params(model)
         if compressed:
-            blocks.install(model, compressed, device=device, backend=backend, offload=offload)
+            blocks.install(model, compressed, device=device, backend=backend, offload=offload, fused=fused)
 
     def compressed_params(self, model: torch.nn.Module) -> dict[str, CompressedTensor]:
         """Parse the blobs, compress the float weights that arrived decoded; by parameter name."""

@@ -87,4 +87,50 @@ def _(ids: torch.Tensor, key: int) -> torch.Tensor:
     return ids.new_empty((ids.shape[0], cols), dtype=dtype)
 
 
-__all__ = ["decode_into", "embedding_rows", "register", "register_rows", "unregister", "unregister_rows"]
+_gemvs: dict[int, tuple[Callable[[torch.Tensor], torch.Tensor], int]] = {}
+
+
+def register_gemv(product: Callable[[torch.Tensor], torch.Tensor], out_features: int) -> int:
+    """Register ``product(x)``, the fused decode-GEMV ``x W^T`` (``x``: ``[nb, in]``, ``nb`` <= 8) as a new
+    ``[nb, out_features]`` fp32 tensor; returns the key :func:`gemv` takes."""
+    with _lock:
+        key = next(_keys)
+        _gemvs[key] = (product, out_features)
+    return key
+
+
+def unregister_gemv(key: int) -> None:
+    with _lock:
+        _gemvs.pop(key, None)
+
+
+def _product(key: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    entry = _gemvs.get(key)
+    if entry is None:
+        raise InputError(f"no floatzip fused weight is registered under key {key}")
+    return entry
+
+
+@torch.library.custom_op("floatzip::gemv", mutates_args=())
+def gemv(x: torch.Tensor, key: int) -> torch.Tensor:
+    """``x W^T`` in fp32 by the fused decode-GEMV, W the weight registered under ``key`` (opt-in: not cuBLAS's
+    summation order, so not bit-identical to ``x @ W.T``; docs/KERNELS.md)."""
+    return _product(key)[0](x)
+
+
+@gemv.register_fake
+def _(x: torch.Tensor, key: int) -> torch.Tensor:
+    return x.new_empty((x.shape[0], _product(key)[1]), dtype=torch.float32)
+
+
+__all__ = [
+    "decode_into",
+    "embedding_rows",
+    "gemv",
+    "register",
+    "register_gemv",
+    "register_rows",
+    "unregister",
+    "unregister_gemv",
+    "unregister_rows",
+]

@@ -49,6 +49,10 @@ class FloatzipConfig(QuantizationConfigMixin):
             bytes to its device just before decoding it.
         backend: decode backend, ``"auto"`` (the CUDA kernel on CUDA, the compiled core on the CPU), ``"cpu"``,
             ``"cuda"``, or ``"emulated"`` (the CUDA kernel's batch decoded on the CPU by its own code: for tests).
+        fused: opt-in: the Linear layers of each GPU block run floatzip's fused decode-GEMV when their input has
+            at most 8 rows (batch-1 generation), the weights read compressed and never written. Not bit-identical
+            to the BF16 model (fp32 sums in another order than cuBLAS; bound in docs/KERNELS.md); larger inputs
+            (prefill) stay bit-identical. Off by default.
     """
 
     def __init__(
@@ -56,18 +60,20 @@ class FloatzipConfig(QuantizationConfigMixin):
         format_version: int = spec.FORMAT_VERSION,
         offload: bool = False,
         backend: str = "auto",
+        fused: bool = False,
         **kwargs: Any,
     ) -> None:
         self.quant_method = spec.QUANT_METHOD  # type: ignore[assignment]
         self.format_version = checked_format_version(format_version)
         self.offload = bool(offload)
         self.backend = backend
+        self.fused = bool(fused)
 
     def to_dict(self) -> dict[str, Any]:
         return {"quant_method": spec.QUANT_METHOD, "format_version": self.format_version}
 
     def get_loading_attributes(self) -> dict[str, Any]:
-        return {"offload": self.offload, "backend": self.backend}
+        return {"offload": self.offload, "backend": self.backend, "fused": self.fused}
 
 
 def _decode_blob(t: torch.Tensor, where: str) -> torch.Tensor:
@@ -221,7 +227,8 @@ class FloatzipHfQuantizer(LoadingMixin, HfQuantizer):
     # -- after loading -------------------------------------------------------------------
     def _process_model_after_weight_loading(self, model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
         cfg = self.quantization_config
-        self.install_runtime(model, device=self.target_device, backend=cfg.backend, offload=cfg.offload)
+        self.install_runtime(model, device=self.target_device, backend=cfg.backend, offload=cfg.offload,
+                             fused=cfg.fused)  # fmt: skip
         return model
 
     # -- the rest of the interface -------------------------------------------------------
