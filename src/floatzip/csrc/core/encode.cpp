@@ -121,7 +121,8 @@ void encode_tile_t(const W* w, const Plan& plan, uint32_t t, uint32_t* lane_bits
   const BlobInfo& b = plan.info;
   const uint32_t shift = b.shift, mask = (1u << b.sym_bits) - 1, group = b.group, r = b.raw_bits;
   const uint32_t sign_shift = uint32_t(sizeof(W) * 8 - 1), low_mask = (1u << shift) - 1;
-  const uint32_t* enc = plan.enc.data();
+  const size_t table = plan.tile_table.empty() ? 0 : plan.tile_table[t];
+  const uint32_t* enc = plan.enc.data() + (table << b.sym_bits);
   const uint64_t m = b.tile_elements(t);
   const uint64_t full = m / (uint64_t(LANES) * group), tail = m - full * LANES * group;
   const W* x = w + uint64_t(t) * b.tile_elems;
@@ -144,7 +145,7 @@ void encode_tile_t(const W* w, const Plan& plan, uint32_t t, uint32_t* lane_bits
   if constexpr (sizeof(W) == 2) {
     if (!plan.word_table.empty()) {
       // one lookup per element: (code << 16) | (length << 11) | raw field (docs in Plan::word_table)
-      const uint32_t* wt = plan.word_table.data();
+      const uint32_t* wt = plan.word_table.data() + (table << 16);
       // the raw width fixed at compile time: a group's fields are joined K at a time with constant shifts
       // and appended to the lane's words together (K R <= 32 bits, so an append completes at most a word)
       auto run = [&](auto width) {
@@ -295,6 +296,120 @@ uint64_t table_bytes(const uint8_t* lengths, size_t nsym) {
   return (nsym + 7) / 8 + (used + 1) / 2;
 }
 
+
+// Per-tile symbol counts at the chosen split, each tile's used symbols as (symbol, count) pairs.
+struct TileHist {
+  std::vector<uint32_t> sym, cnt;
+  double mean = 0;  // mean symbol: the tiles' first ordering (the exponent follows the rows' scale)
+};
+
+template <typename W>
+void tile_hists_t(const W* w, const BlobInfo& b, int threads, std::vector<TileHist>& out) {
+  const uint32_t shift = b.shift, mask = (1u << b.sym_bits) - 1;
+  out.assign(b.n_tiles, TileHist());
+  parallel_for(b.n_tiles, threads, [&](size_t t) {
+    std::vector<uint32_t> h(size_t(mask) + 1, 0);
+    const W* x = w + uint64_t(t) * b.tile_elems;
+    const uint64_t m = b.tile_elements(uint32_t(t));
+    for (uint64_t i = 0; i < m; ++i) h[(x[i] >> shift) & mask]++;
+    TileHist& th = out[t];
+    double sum = 0;
+    for (uint32_t s = 0; s <= mask; ++s) {
+      if (!h[s]) continue;
+      th.sym.push_back(s);
+      th.cnt.push_back(h[s]);
+      sum += double(s) * h[s];
+    }
+    th.mean = m ? sum / double(m) : 0;
+  });
+}
+
+// Code bits of a tile under a table's lengths; UINT64_MAX when the table lacks one of its symbols.
+uint64_t tile_cost(const TileHist& th, const uint8_t* lens) {
+  uint64_t bits = 0;
+  for (size_t i = 0; i < th.sym.size(); ++i) {
+    const uint32_t l = lens[th.sym[i]];
+    if (!l) return UINT64_MAX;
+    bits += uint64_t(th.cnt[i]) * l;
+  }
+  return bits;
+}
+
+// Optimal lengths of each table for the tiles assigned to it; tables left without a tile are dropped and
+// the assignment renumbered. Returns the table count.
+size_t cluster_lengths(const std::vector<TileHist>& th, std::vector<uint8_t>& assign, size_t k, size_t nsym,
+                       int max_code_len, std::vector<uint8_t>& lengths) {
+  std::vector<uint64_t> pooled(k * nsym, 0);
+  std::vector<size_t> tiles(k, 0);
+  for (size_t t = 0; t < th.size(); ++t) {
+    uint64_t* h = &pooled[assign[t] * nsym];
+    tiles[assign[t]]++;
+    for (size_t i = 0; i < th[t].sym.size(); ++i) h[th[t].sym[i]] += th[t].cnt[i];
+  }
+  std::vector<uint8_t> renum(k, 0);
+  size_t used = 0;
+  for (size_t j = 0; j < k; ++j) {
+    if (tiles[j]) renum[j] = uint8_t(used++);
+  }
+  lengths.assign(used * nsym, 0);
+  for (size_t j = 0; j < k; ++j) {
+    if (tiles[j]) code_lengths(&pooled[j * nsym], nsym, max_code_len, &lengths[renum[j] * nsym]);
+  }
+  for (uint8_t& a : assign) a = renum[a];
+  return used;
+}
+
+// Up to MAX_TABLES codes per tensor, one named per tile (FORMAT.md §1.2), where they make the blob smaller:
+// for each table count, tiles start in groups of equal size by mean symbol and move to the table that codes
+// them in the fewest bits (Lloyd's iteration on real code lengths) until none moves. The cost counted is the
+// codes, the tables and the tile_table section. Serial and deterministic (the same blob for any thread count).
+void choose_tables(const std::vector<TileHist>& th, size_t nsym, int max_code_len, std::vector<uint8_t>& lengths,
+                   std::vector<uint8_t>& tile_table) {
+  const size_t n = th.size();
+  auto total = [&](const std::vector<uint8_t>& assign, const std::vector<uint8_t>& lens, size_t k) {
+    uint64_t bits = 0;
+    for (size_t t = 0; t < n; ++t) bits += tile_cost(th[t], &lens[assign[t] * nsym]);
+    for (size_t j = 0; j < k; ++j) bits += 8 * table_bytes(&lens[j * nsym], nsym);
+    if (k > 1) bits += 8 * (n + 15);  // the tile_table section, aligned
+    return bits;
+  };
+  std::vector<uint8_t> one(n, 0);  // `lengths` comes in as the whole tensor's code
+  tile_table.clear();
+  uint64_t best = total(one, lengths, 1);
+  std::vector<size_t> order(n);
+  for (size_t t = 0; t < n; ++t) order[t] = t;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t c) { return th[a].mean < th[c].mean; });
+  for (size_t k0 : {size_t(2), size_t(3), size_t(4), size_t(6), size_t(8), size_t(12), size_t(16)}) {
+    if (k0 > n || k0 > size_t(MAX_TABLES)) break;
+    std::vector<uint8_t> assign(n);
+    for (size_t i = 0; i < n; ++i) assign[order[i]] = uint8_t(i * k0 / n);
+    std::vector<uint8_t> lens;
+    size_t k = cluster_lengths(th, assign, k0, nsym, max_code_len, lens);
+    for (int iter = 0; iter < 12; ++iter) {
+      bool moved = false;
+      for (size_t t = 0; t < n; ++t) {
+        uint64_t c0 = tile_cost(th[t], &lens[assign[t] * nsym]);
+        for (size_t j = 0; j < k; ++j) {
+          const uint64_t c = tile_cost(th[t], &lens[j * nsym]);
+          if (c < c0) {
+            c0 = c;
+            assign[t] = uint8_t(j);
+            moved = true;
+          }
+        }
+      }
+      if (!moved) break;
+      k = cluster_lengths(th, assign, k, nsym, max_code_len, lens);
+    }
+    const uint64_t bits = total(assign, lens, k);
+    if (k > 1 && bits < best) {
+      best = bits;
+      lengths = lens;
+      tile_table = assign;
+    }
+  }
+}
+
 }  // namespace
 
 void histogram(const void* words, uint64_t n, const DtypeLayout& L, int threads, std::vector<uint64_t>& hist,
@@ -379,26 +494,40 @@ Plan plan_v2(const void* words, const DtypeLayout& L, const uint64_t* shape, int
   if (!numel) plan.lengths.assign(size_t(1) << (L.exp_bits + k), 0);
   b.sym_bits = uint32_t(L.exp_bits + k);
   b.shift = uint32_t(L.man_bits - k);
-  uint32_t max_len = 0;
-  for (uint8_t l : plan.lengths) max_len = std::max<uint32_t>(max_len, l);
-  b.max_code_len = max_len;
-  const size_t nsym = plan.lengths.size();
-  std::vector<uint32_t> codes(nsym);
-  canonical_codes(plan.lengths.data(), nsym, codes.data());
-  plan.enc.resize(nsym);
-  for (size_t s = 0; s < nsym; ++s) plan.enc[s] = (codes[s] << 5) | plan.lengths[s];
-  if (L.itemsize() == 2 && numel >= WORD_TABLE_MIN) {
-    plan.word_table.resize(1 << 16);
-    const uint32_t shift = b.shift, smask = (1u << b.sym_bits) - 1, low = (1u << shift) - 1;
-    for (uint32_t word = 0; word < (1u << 16); ++word) {
-      const uint32_t e = plan.enc[(word >> shift) & smask];
-      const uint32_t f = ((word >> 15) << shift) | (word & low);
-      plan.word_table[word] = ((e >> 5) << 16) | ((e & 31) << 11) | f;
-    }
-  }
   derive_sizes(b);
   b.n_tiles = uint32_t((numel + b.tile_elems - 1) / b.tile_elems);
   derive_sizes(b);  // again: the last tile's sizes depend on n_tiles
+  const size_t nsym = size_t(1) << b.sym_bits;
+  if (b.n_tiles > 1) {  // a code per group of tiles where that pays
+    std::vector<TileHist> th;
+    by_width(L.itemsize(), [&](auto z) {
+      using W = decltype(z);
+      tile_hists_t(static_cast<const W*>(words), b, threads, th);
+    });
+    choose_tables(th, nsym, max_code_len, plan.lengths, plan.tile_table);
+  }
+  b.n_tables = uint32_t(plan.lengths.size() / nsym);
+  uint32_t max_len = 0;
+  for (uint8_t l : plan.lengths) max_len = std::max<uint32_t>(max_len, l);
+  b.max_code_len = max_len;
+  std::vector<uint32_t> codes(nsym);
+  plan.enc.resize(plan.lengths.size());
+  for (uint32_t j = 0; j < b.n_tables; ++j) {
+    const uint8_t* lens = &plan.lengths[j * nsym];
+    canonical_codes(lens, nsym, codes.data());
+    for (size_t s = 0; s < nsym; ++s) plan.enc[j * nsym + s] = (codes[s] << 5) | lens[s];
+  }
+  if (L.itemsize() == 2 && numel >= WORD_TABLE_MIN) {
+    plan.word_table.resize(size_t(b.n_tables) << 16);
+    const uint32_t shift = b.shift, smask = (1u << b.sym_bits) - 1, low = (1u << shift) - 1;
+    for (uint32_t j = 0; j < b.n_tables; ++j) {
+      for (uint32_t word = 0; word < (1u << 16); ++word) {
+        const uint32_t e = plan.enc[j * nsym + ((word >> shift) & smask)];
+        const uint32_t f = ((word >> 15) << shift) | (word & low);
+        plan.word_table[(size_t(j) << 16) + word] = ((e >> 5) << 16) | ((e & 31) << 11) | f;
+      }
+    }
+  }
 
   plan.lane_bits.assign(size_t(b.n_tiles) * LANES, 0);
   plan.tile_codes.resize(b.n_tiles);
@@ -435,8 +564,13 @@ Plan plan_v2(const void* words, const DtypeLayout& L, const uint64_t* shape, int
   // section offsets (the parser's order and alignment)
   size_t pos = align16(HEADER_FIXED + 8 * size_t(ndim));
   b.tables_at = pos;
-  b.tables_len = table_bytes(plan.lengths.data(), nsym);
+  b.tables_len = 0;
+  for (uint32_t j = 0; j < b.n_tables; ++j) b.tables_len += table_bytes(&plan.lengths[j * nsym], nsym);
   pos = align16(pos + b.tables_len);
+  if (b.n_tables > 1) {
+    b.tile_table_at = pos;
+    pos = align16(pos + b.n_tiles);
+  }
   b.tile_words_at = pos;
   pos = align16(pos + 4 * (size_t(b.n_tiles) + 1));
   b.tile_lanes_at = pos;
@@ -473,18 +607,24 @@ void write_v2(const Plan& plan, const void* words, uint8_t* out) {
   wr64(out + 32, b.code_words);
   wr32(out + 48, b.data_crc);
   for (int i = 0; i < b.ndim; ++i) wr64(out + HEADER_FIXED + 8 * i, b.shape[i]);
-  // table: used-symbol bitmap (MSB-first within a byte), then (length - 1) per used symbol in nibbles
-  const size_t nsym = plan.lengths.size();
+  // tables, one after another: used-symbol bitmap (MSB-first within a byte), then (length - 1) per used
+  // symbol in nibbles
+  const size_t nsym = size_t(1) << b.sym_bits;
   uint8_t* bm = out + b.tables_at;
-  uint8_t* nib = bm + (nsym + 7) / 8;
-  size_t i = 0;
-  for (size_t s = 0; s < nsym; ++s) {
-    uint32_t l = plan.lengths[s];
-    if (!l) continue;
-    bm[s >> 3] |= uint8_t(0x80 >> (s & 7));
-    nib[i >> 1] |= uint8_t((l - 1) << (4 * (i & 1)));
-    ++i;
+  for (uint32_t j = 0; j < b.n_tables; ++j) {
+    const uint8_t* lens = &plan.lengths[j * nsym];
+    uint8_t* nib = bm + (nsym + 7) / 8;
+    size_t i = 0;
+    for (size_t s = 0; s < nsym; ++s) {
+      uint32_t l = lens[s];
+      if (!l) continue;
+      bm[s >> 3] |= uint8_t(0x80 >> (s & 7));
+      nib[i >> 1] |= uint8_t((l - 1) << (4 * (i & 1)));
+      ++i;
+    }
+    bm = nib + (i + 1) / 2;
   }
+  if (b.n_tables > 1) std::memcpy(out + b.tile_table_at, plan.tile_table.data(), b.n_tiles);
   for (uint32_t t = 0; t <= b.n_tiles; ++t) wr32(out + b.tile_words_at + 4 * t, plan.tile_words[t]);
   for (uint32_t t = 0; t < b.n_tiles; ++t) wr32(out + b.tile_lanes_at + 4 * t, plan.tile_lanes[t]);
   // lane deltas: tile t's 32 values of `width` bits, LSB-first, in its `width` words

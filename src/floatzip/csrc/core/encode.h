@@ -13,8 +13,9 @@ namespace fz {
 // one pass over the tensor after the histogram). write_v2 then fills a buffer of info.total bytes.
 struct Plan {
   BlobInfo info;
-  std::vector<uint8_t> lengths;    // code length per symbol (0 = unused)
-  std::vector<uint32_t> enc;       // (code << 5) | length per symbol
+  std::vector<uint8_t> lengths;    // code length per symbol of each table, n_tables * 2^sym_bits (0 = unused)
+  std::vector<uint32_t> enc;       // (code << 5) | length per symbol of each table, same order
+  std::vector<uint8_t> tile_table; // the table of each tile; empty with one table
   std::vector<uint32_t> lane_bits; // n_tiles * 32
   std::vector<uint32_t> tile_words;  // n_tiles + 1
   std::vector<uint32_t> tile_lanes;  // n_tiles: base | width << 27
@@ -23,7 +24,7 @@ struct Plan {
   std::vector<uint32_t> raw;                      // the raw stream (padding excluded)
   // large 16-bit tensors: for every 16-bit word, (code << 16) | (length << 11) | raw field (codes are at
   // most 16 bits, lengths 5, fields 11)
-  std::vector<uint32_t> word_table;
+  std::vector<uint32_t> word_table;  // 2^16 entries per table
   int threads = 1;
 };
 
