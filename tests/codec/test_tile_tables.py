@@ -79,3 +79,18 @@ def test_the_encoding_does_not_depend_on_the_thread_count() -> None:
     t = banded(torch.float16, n=50_000)
     blobs = {floatzip.compress_tensor(t, steps=8, threads=n).to_bytes() for n in (1, 2, 3)}
     assert len(blobs) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_max_tables_caps_the_table_count_and_every_cap_is_deterministic(dtype: torch.dtype) -> None:
+    t = banded(dtype, n=48_000)
+    one = floatzip.compress_tensor(t, steps=8, max_tables=1)
+    assert int(one.v2["n_tables"]) == 1
+    for cap in (2, 3, 0):
+        blobs = {floatzip.compress_tensor(t, steps=8, max_tables=cap, threads=n).to_bytes() for n in (1, 2, 3)}
+        assert len(blobs) == 1
+        ct = floatzip.CompressedTensor.from_bytes(blobs.pop())
+        assert 1 < int(ct.v2["n_tables"]) <= (cap or 16)
+        assert torch.equal(bits(floatzip.decompress_tensor(ct)), bits(t))
+    with pytest.raises(ValueError):
+        _core.compress(np.zeros(8, np.uint16), 0, [8], 8, 16, 1, 17)

@@ -28,9 +28,11 @@ struct Plan {
   int threads = 1;
 };
 
-// words: numel unsigned integers of the dtype's width (the tensor's bits, row-major).
+// words: numel unsigned integers of the dtype's width (the tensor's bits, row-major). max_tables: at most
+// this many code tables (1: one code for the whole tensor; 0 or above MAX_TABLES: up to MAX_TABLES, where
+// they make the blob smaller).
 Plan plan_v2(const void* words, const DtypeLayout& layout, const uint64_t* shape, int ndim, uint32_t steps,
-             int max_code_len, int threads);
+             int max_code_len, int threads, int max_tables = 0);
 void write_v2(const Plan& plan, const void* words, uint8_t* out);
 
 // The widest-split symbol histogram (exponent and max_k mantissa bits), and the data CRC, in one pass.
