@@ -117,6 +117,10 @@ def sound_blobs(rng: np.random.Generator) -> list[tuple[bytes, bytes]]:
         n = int(rng.choice([1, 3, 31, 32, 33, 100, 511, 4096, 5000, 20_000]))
         scale = float(rng.choice([0.02, 1.0, 300.0]))
         t = (torch.randn(n, generator=g) * scale).clamp(-400, 400).to(dtype)
+        if i % 6 == 5:  # bands of far-apart scales: the encoder gives tiles their own tables (n_tables > 1)
+            n = 20_000
+            band = torch.tensor([1e-3, 1.0, 0.03, 20.0])[(torch.arange(n) // 2500) % 4]
+            t = (torch.randn(n, generator=g) * band).to(dtype)
         if i % 7 == 3:  # a few specials
             t.view(torch.uint8)[: min(n, 8)] = 0xFF
         steps = int(rng.choice([8, 16, 64, 256]))

@@ -1,6 +1,9 @@
 """Where floatzip's bytes go on MiniLM-L6-v2 in BF16, and what each format v2 layout choice costs.
 
-    python benchmarks/ratio_breakdown.py [--json FILE]
+    python benchmarks/ratio_breakdown.py [--json FILE] [--planes]
+
+``--planes`` instead splits FP16 and FP32 plane by plane: the sign, the coded symbol's order-0 entropy and the
+next mantissa byte below it (raw, order 0, given the exponent), and the rest of the raw bits.
 
 Every figure is a percentage of the BF16 tensor bytes. The first table splits the default encoding
 (entropy bound, code, lane index, tables, headers); the second re-encodes the same tensors with other
@@ -61,7 +64,16 @@ def breakdown(tensors: list[torch.Tensor], steps: int | None = None, max_code_le
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", help="write the figures here too")
+    p.add_argument("--planes", action="store_true", help="FP16 / FP32: where the bits go, plane by plane")
     a = p.parse_args()
+    if a.planes:
+        for dt in ("fp16", "fp32"):
+            r = planes(dt)
+            print(f"MiniLM-L6-v2 {dt} (tensors >= 4096 elements), % of the tensor bytes: blobs {r['blobs']:.3f}")
+            print(f"  sign {r['sign']:.3f} + symbol order-0 {r['symbol']:.3f} + next mantissa byte raw "
+                  f"{r['next_raw']:.3f} (order-0 {r['next_h0']:.3f}, given the exponent {r['next_h_exp']:.3f}) "
+                  f"+ rest raw {r['rest_raw']:.3f}")  # fmt: skip
+        return
     tensors = tensors_bf16()
     total = sum(2 * t.numel() for t in tensors)
     pct = lambda x: 100 * x / total  # noqa: E731
@@ -94,6 +106,42 @@ def main() -> None:
                "variants": {k: {kk: pct(vv) for kk, vv in v.items()} for k, v in variants.items()}}  # fmt: skip
         with open(a.json, "w") as f:
             json.dump(doc, f, indent=1)
+
+
+def _h(x: np.ndarray, nb: int) -> float:
+    """Order-0 entropy of x in bits (all of it)."""
+    c = np.bincount(x, minlength=nb)
+    p = c[c > 0] / x.size
+    return float(-(p * np.log2(p)).sum() * x.size)
+
+
+def planes(dtype: str) -> dict[str, float]:
+    """Where the bits of FP16 / FP32 go (issue 11): the coded symbol's order-0 entropy, the raw bits below it
+    split into the next mantissa byte and the rest, and what coding that next byte would save, alone
+    (order 0) or conditioned on the symbol's exponent; percent of the tensor bytes."""
+    tdt, bits = {"fp16": (torch.float16, 16), "fp32": (torch.float32, 32)}[dtype]
+    weights = load_file(minilm_dir() / "model.safetensors")
+    ts = [t.to(tdt).contiguous() for t in weights.values() if t.is_floating_point() and t.numel() >= 4096]
+    view = torch.int16 if bits == 16 else torch.int32
+    out = dict.fromkeys(("symbol", "next_raw", "next_h0", "next_h_exp", "rest_raw", "sign", "blobs"), 0.0)
+    total = 0
+    man = 10 if bits == 16 else 23
+    for t in ts:
+        ct = floatzip.compress_tensor(t)
+        w = t.reshape(-1).view(view).numpy().astype(np.int64) & ((1 << bits) - 1)
+        sym = (w >> ct.shift) & ((1 << ct.sym_bits) - 1)
+        nxt_bits = min(8, ct.shift)
+        nxt = (w >> (ct.shift - nxt_bits)) & ((1 << nxt_bits) - 1)
+        exp = (w >> man) & ((1 << (bits - 1 - man)) - 1)
+        out["symbol"] += _h(sym, 1 << ct.sym_bits) / 8
+        out["next_raw"] += nxt_bits * w.size / 8
+        out["next_h0"] += _h(nxt, 1 << nxt_bits) / 8
+        out["next_h_exp"] += sum(_h(nxt[exp == e], 1 << nxt_bits) for e in np.unique(exp)) / 8
+        out["rest_raw"] += (ct.shift - nxt_bits) * w.size / 8
+        out["sign"] += w.size / 8
+        out["blobs"] += ct.nbytes
+        total += t.numel() * t.element_size()
+    return {k: 100 * v / total for k, v in out.items()}
 
 
 if __name__ == "__main__":

@@ -23,9 +23,20 @@ CODE_PAD_WORDS: int = 4
 RAW_PAD_WORDS: int = 2
 
 def compress(
-    words: object, dtype_code: int, shape: Sequence[int], steps: int, max_code_len: int = 16, threads: int = 0
+    words: object,
+    dtype_code: int,
+    shape: Sequence[int],
+    steps: int,
+    max_code_len: int = 16,
+    threads: int = 0,
+    max_tables: int = 0,
 ) -> bytes:
-    """Encode a tensor's words as a v2 blob."""
+    """
+    Encode a tensor's words as a v2 blob.
+
+    max_tables: at most this many code tables (0: the
+    encoder's choice of up to 16; 1: one code for the tensor).
+    """
 
 def parse(blob: object, check_crc: bool = True) -> dict:
     """Parse and validate a v2 blob."""

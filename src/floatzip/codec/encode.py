@@ -43,19 +43,31 @@ def compress_words(
     steps: int | None = None,
     max_code_len: int = MAX_CODE_LEN,
     threads: int = 0,
+    max_tables: int = 0,
 ) -> CompressedTensor:
-    """Code the words of a float tensor (flat, its dtype's width) of the given shape."""
+    """Code the words of a float tensor (flat, its dtype's width) of the given shape.
+
+    ``max_tables`` caps the code tables (docs/FORMAT.md §1.2): 0 lets the encoder keep up to 16 where they
+    make the blob smaller, 1 codes the whole tensor with one table.
+    """
     steps = layout.default_steps if steps is None else steps
     if not 8 <= steps <= MAX_STEPS or steps % 8:
         raise InputError(f"bad tile shape steps={steps}: a multiple of 8 from 8 to {MAX_STEPS} (docs/FORMAT.md §1.4)")
     if not 1 <= max_code_len <= MAX_CODE_LEN:
         raise InputError(f"max_code_len must be from 1 to {MAX_CODE_LEN}")
-    blob = _core.compress(words, layout.code, list(shape), steps, max_code_len, threads)
+    if not 0 <= max_tables <= 16:
+        raise InputError("max_tables must be from 0 (the encoder's choice) to 16")
+    blob = _core.compress(words, layout.code, list(shape), steps, max_code_len, threads, max_tables)
     return CompressedTensor.from_bytes(blob, check_crc=False)
 
 
 def compress_tensor(
-    t: torch.Tensor, *, steps: int | None = None, max_code_len: int = MAX_CODE_LEN, threads: int = 0
+    t: torch.Tensor,
+    *,
+    steps: int | None = None,
+    max_code_len: int = MAX_CODE_LEN,
+    threads: int = 0,
+    max_tables: int = 0,
 ) -> CompressedTensor:
     """Code a float tensor losslessly. The input is never modified.
 
@@ -72,5 +84,11 @@ def compress_tensor(
     if t.dim() > 8:
         raise InputError(f"floatzip codes tensors of at most 8 dimensions, not {t.dim()}")
     return compress_words(
-        tensor_words(t, layout), layout, tuple(t.shape), steps=steps, max_code_len=max_code_len, threads=threads
+        tensor_words(t, layout),
+        layout,
+        tuple(t.shape),
+        steps=steps,
+        max_code_len=max_code_len,
+        threads=threads,
+        max_tables=max_tables,
     )

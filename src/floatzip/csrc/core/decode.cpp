@@ -211,17 +211,19 @@ void run_tiles(const uint8_t* blob, const BlobInfo& b, uint32_t first, uint32_t 
       bool fast = true;
       for (uint32_t k = 0; k < n; ++k) {
         fast_tile(blob, b, v, tables, delta_at, t0 + k, reinterpret_cast<u16*>(o + u64(t0 + k - first) * b.tile_elems), f[k]);
-        fast &= f[k].ok && (table_ids == nullptr || table_ids[t0 + k] == table_ids[t0]);
+        fast &= f[k].ok;
       }
       if (fast) {
-        const Tables& tb = tables[table_ids ? table_ids[t0] : 0];
-        const Code code{tb.primary.data(), &tb.longc, tb.long_pattern.data()};
+        // each tile with its own table (tiles of a pair may name different ones, FORMAT.md §1.2)
+        Code code[2];
         Tile16 t16[2];
         for (uint32_t k = 0; k < n; ++k) {
+          const Tables& tb = tables[table_ids ? table_ids[t0 + k] : 0];
+          code[k] = Code{tb.primary.data(), &tb.longc, tb.long_pattern.data()};
           t16[k] = f[k].t;
           t16[k].start = f[k].start;
           t16[k].end = f[k].end;
-          t16[k].code = &code;
+          t16[k].code = &code[k];
         }
         bool ok = true;
         for (uint32_t k = 0; k < n; ++k) ok &= decode_tile16_fast(t16[k], b.max_code_len > PRIMARY_BITS, b.raw_bits);

@@ -121,7 +121,8 @@ void encode_tile_t(const W* w, const Plan& plan, uint32_t t, uint32_t* lane_bits
   const BlobInfo& b = plan.info;
   const uint32_t shift = b.shift, mask = (1u << b.sym_bits) - 1, group = b.group, r = b.raw_bits;
   const uint32_t sign_shift = uint32_t(sizeof(W) * 8 - 1), low_mask = (1u << shift) - 1;
-  const uint32_t* enc = plan.enc.data();
+  const size_t table = plan.tile_table.empty() ? 0 : plan.tile_table[t];
+  const uint32_t* enc = plan.enc.data() + (table << b.sym_bits);
   const uint64_t m = b.tile_elements(t);
   const uint64_t full = m / (uint64_t(LANES) * group), tail = m - full * LANES * group;
   const W* x = w + uint64_t(t) * b.tile_elems;
@@ -144,7 +145,7 @@ void encode_tile_t(const W* w, const Plan& plan, uint32_t t, uint32_t* lane_bits
   if constexpr (sizeof(W) == 2) {
     if (!plan.word_table.empty()) {
       // one lookup per element: (code << 16) | (length << 11) | raw field (docs in Plan::word_table)
-      const uint32_t* wt = plan.word_table.data();
+      const uint32_t* wt = plan.word_table.data() + (table << 16);
       // the raw width fixed at compile time: a group's fields are joined K at a time with constant shifts
       // and appended to the lane's words together (K R <= 32 bits, so an append completes at most a word)
       auto run = [&](auto width) {
@@ -295,6 +296,202 @@ uint64_t table_bytes(const uint8_t* lengths, size_t nsym) {
   return (nsym + 7) / 8 + (used + 1) / 2;
 }
 
+
+// Per-tile symbol counts at the chosen split, dense over the tensor's used symbols (`used`, ascending: every
+// tile's symbols are among them), tile after tile: u counts per tile. mean: each tile's mean symbol, the tiles'
+// first ordering (the exponent follows the rows' scale).
+struct TileHists {
+  size_t n = 0, u = 0;
+  std::vector<uint32_t> used;  // compact index -> symbol
+  std::vector<uint32_t> cnt;   // n * u
+  std::vector<double> mean;    // n
+};
+
+// Tensors whose dense tile counts would pass this many entries keep one table (a 2^30-element BF16 tensor of
+// 32768 tiles and 1024 used symbols is at the limit: 128 MiB of counts).
+constexpr uint64_t TILE_HIST_MAX = uint64_t(1) << 25;
+
+template <typename W>
+void tile_hists_t(const W* w, const BlobInfo& b, int threads, TileHists& out) {
+  const uint32_t shift = b.shift, mask = (1u << b.sym_bits) - 1;
+  const size_t u = out.u;
+  out.n = b.n_tiles;
+  out.cnt.assign(out.n * u, 0);
+  out.mean.assign(out.n, 0);
+  parallel_for(b.n_tiles, threads, [&](size_t t) {
+    thread_local std::vector<uint32_t> h;
+    h.assign(size_t(mask) + 1, 0);
+    const W* x = w + uint64_t(t) * b.tile_elems;
+    const uint64_t m = b.tile_elements(uint32_t(t));
+    for (uint64_t i = 0; i < m; ++i) h[(x[i] >> shift) & mask]++;
+    uint32_t* c = &out.cnt[t * u];
+    double sum = 0;
+    for (size_t i = 0; i < u; ++i) {
+      c[i] = h[out.used[i]];
+      sum += double(out.used[i]) * c[i];
+    }
+    out.mean[t] = m ? sum / double(m) : 0;
+  });
+}
+
+// Code bits of a tile (u dense counts) under a table's lengths over the same symbols; UINT64_MAX when the table
+// lacks one of its symbols. A tile's code bits fit 32 bits (at most 2^22 symbols of at most 16 bits), so the
+// loop is 32-bit and branch-free: the compiler vectorises it.
+uint64_t tile_cost(const uint32_t* cnt, const uint8_t* lens, size_t u) {
+  uint32_t bits = 0, missing = 0;
+  for (size_t i = 0; i < u; ++i) {
+    const uint32_t l = lens[i];
+    bits += cnt[i] * l;
+    missing |= l == 0 ? cnt[i] : 0;
+  }
+  return missing ? UINT64_MAX : bits;
+}
+
+uint64_t table_bytes_u(const uint8_t* lens, size_t u, size_t nsym) {
+  uint64_t used = 0;
+  for (size_t i = 0; i < u; ++i) used += lens[i] != 0;
+  return (nsym + 7) / 8 + (used + 1) / 2;
+}
+
+// Tables for groups of tiles during Lloyd's iteration: each table's pooled symbol counts are kept up to date
+// as tiles move, and only a table whose tiles changed gets its lengths (package-merge) again.
+struct Clusters {
+  size_t k = 0, u = 0;
+  std::vector<uint64_t> pooled;  // k * u
+  std::vector<uint8_t> lens;     // k * u
+  std::vector<size_t> tiles;     // tiles per table
+  std::vector<uint8_t> dirty;    // lengths out of date
+
+  void add(const uint32_t* cnt, size_t j, bool remove) {
+    uint64_t* h = &pooled[j * u];
+    if (remove) {
+      for (size_t i = 0; i < u; ++i) h[i] -= cnt[i];
+      tiles[j]--;
+    } else {
+      for (size_t i = 0; i < u; ++i) h[i] += cnt[i];
+      tiles[j]++;
+    }
+    dirty[j] = 1;
+  }
+  // Tables left without a tile are dropped and the assignment renumbered; lengths made for the changed ones.
+  void refresh(std::vector<uint8_t>& assign, int max_code_len, int threads) {
+    std::vector<uint8_t> renum(k, 0);
+    size_t kept = 0;
+    for (size_t j = 0; j < k; ++j) {
+      if (!tiles[j]) continue;
+      renum[j] = uint8_t(kept);
+      if (kept != j) {
+        std::copy_n(&pooled[j * u], u, &pooled[kept * u]);
+        std::copy_n(&lens[j * u], u, &lens[kept * u]);
+        tiles[kept] = tiles[j];
+        dirty[kept] = dirty[j];
+      }
+      ++kept;
+    }
+    if (kept != k) {
+      for (uint8_t& a : assign) a = renum[a];
+      k = kept;
+      pooled.resize(k * u);
+      lens.resize(k * u);
+      tiles.resize(k);
+      dirty.resize(k);
+    }
+    std::vector<size_t> todo;
+    for (size_t j = 0; j < k; ++j)
+      if (dirty[j]) todo.push_back(j);
+    // the compact symbols keep the symbols' order, so these are the lengths code_lengths gives over all nsym
+    parallel_for(todo.size(), threads, [&](size_t i) {
+      const size_t j = todo[i];
+      code_lengths(&pooled[j * u], u, max_code_len, &lens[j * u]);
+    });
+    for (size_t j : todo) dirty[j] = 0;
+  }
+};
+
+// Up to max_tables codes per tensor, one named per tile (FORMAT.md §1.2), where they make the blob smaller:
+// for each table count, tiles start in groups of equal size by mean symbol and move to the table that codes
+// them in the fewest bits (Lloyd's iteration on real code lengths) until none moves. The cost counted is the
+// codes, the tables and the tile_table section. The table counts are tried in increasing order and the search
+// stops at the first that does not beat the best so far. Deterministic: every tile's move is decided from the
+// same tables whatever the thread count, and the tables are rebuilt from the same counts.
+void choose_tables(const TileHists& th, size_t nsym, int max_code_len, size_t max_tables, int threads,
+                   std::vector<uint8_t>& lengths, std::vector<uint8_t>& tile_table) {
+  const size_t n = th.n, u = th.u;
+  const uint32_t* cnt = th.cnt.data();
+  auto total = [&](const std::vector<uint8_t>& assign, const uint8_t* lens, size_t k) {
+    uint64_t bits = 0;
+    for (size_t t = 0; t < n; ++t) bits += tile_cost(cnt + t * u, lens + assign[t] * u, u);
+    for (size_t j = 0; j < k; ++j) bits += 8 * table_bytes_u(lens + j * u, u, nsym);
+    if (k > 1) bits += 8 * (n + 15);  // the tile_table section, aligned
+    return bits;
+  };
+  std::vector<uint8_t> one(n, 0), lens1(u);  // `lengths` comes in as the whole tensor's code
+  for (size_t i = 0; i < u; ++i) lens1[i] = lengths[th.used[i]];
+  tile_table.clear();
+  uint64_t best = total(one, lens1.data(), 1);
+  std::vector<uint8_t> best_lens;
+  size_t best_k = 1;
+  std::vector<size_t> order(n);
+  for (size_t t = 0; t < n; ++t) order[t] = t;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t c) { return th.mean[a] < th.mean[c]; });
+  std::vector<uint8_t> next(n);
+  for (size_t k0 : {size_t(2), size_t(3), size_t(4), size_t(6), size_t(8), size_t(12), size_t(16)}) {
+    if (k0 > n || k0 > max_tables) break;
+    std::vector<uint8_t> assign(n);
+    for (size_t i = 0; i < n; ++i) assign[order[i]] = uint8_t(i * k0 / n);
+    Clusters cl;
+    cl.k = k0;
+    cl.u = u;
+    cl.pooled.assign(k0 * u, 0);
+    cl.lens.assign(k0 * u, 0);
+    cl.tiles.assign(k0, 0);
+    cl.dirty.assign(k0, 1);
+    for (size_t t = 0; t < n; ++t) cl.add(cnt + t * u, assign[t], false);
+    cl.refresh(assign, max_code_len, threads);
+    for (int iter = 0; iter < 12; ++iter) {
+      const size_t k = cl.k;
+      const uint8_t* lens = cl.lens.data();
+      parallel_for((n + 63) / 64, threads, [&](size_t blk) {
+        for (size_t t = 64 * blk; t < std::min(n, 64 * blk + 64); ++t) {
+          uint8_t a = assign[t];
+          uint64_t c0 = tile_cost(cnt + t * u, lens + a * u, u);
+          for (size_t j = 0; j < k; ++j) {
+            const uint64_t c = tile_cost(cnt + t * u, lens + j * u, u);
+            if (c < c0) {
+              c0 = c;
+              a = uint8_t(j);
+            }
+          }
+          next[t] = a;
+        }
+      });
+      bool moved = false;
+      for (size_t t = 0; t < n; ++t) {
+        if (next[t] == assign[t]) continue;
+        cl.add(cnt + t * u, assign[t], true);
+        cl.add(cnt + t * u, next[t], false);
+        assign[t] = next[t];
+        moved = true;
+      }
+      if (!moved) break;
+      cl.refresh(assign, max_code_len, threads);
+    }
+    const uint64_t bits = total(assign, cl.lens.data(), cl.k);
+    if (cl.k > 1 && bits < best) {
+      best = bits;
+      best_lens = cl.lens;
+      best_k = cl.k;
+      tile_table = assign;
+    } else if (k0 > 2) {
+      break;  // more tables than this no longer pay (two are always tried)
+    }
+  }
+  if (best_k == 1) return;
+  lengths.assign(best_k * nsym, 0);
+  for (size_t j = 0; j < best_k; ++j)
+    for (size_t i = 0; i < u; ++i) lengths[j * nsym + th.used[i]] = best_lens[j * u + i];
+}
+
 }  // namespace
 
 void histogram(const void* words, uint64_t n, const DtypeLayout& L, int threads, std::vector<uint64_t>& hist,
@@ -358,7 +555,8 @@ int choose_split(const std::vector<uint64_t>& hist, const DtypeLayout& L, uint64
 }
 
 Plan plan_v2(const void* words, const DtypeLayout& L, const uint64_t* shape, int ndim, uint32_t steps,
-             int max_code_len, int threads) {
+             int max_code_len, int threads, int max_tables) {
+  if (max_tables <= 0 || max_tables > MAX_TABLES) max_tables = MAX_TABLES;
   Plan plan;
   plan.threads = threads;
   BlobInfo& b = plan.info;
@@ -379,27 +577,51 @@ Plan plan_v2(const void* words, const DtypeLayout& L, const uint64_t* shape, int
   if (!numel) plan.lengths.assign(size_t(1) << (L.exp_bits + k), 0);
   b.sym_bits = uint32_t(L.exp_bits + k);
   b.shift = uint32_t(L.man_bits - k);
-  uint32_t max_len = 0;
-  for (uint8_t l : plan.lengths) max_len = std::max<uint32_t>(max_len, l);
-  b.max_code_len = max_len;
-  const size_t nsym = plan.lengths.size();
-  std::vector<uint32_t> codes(nsym);
-  canonical_codes(plan.lengths.data(), nsym, codes.data());
-  plan.enc.resize(nsym);
-  for (size_t s = 0; s < nsym; ++s) plan.enc[s] = (codes[s] << 5) | plan.lengths[s];
-  if (L.itemsize() == 2 && numel >= WORD_TABLE_MIN) {
-    plan.word_table.resize(1 << 16);
-    const uint32_t shift = b.shift, smask = (1u << b.sym_bits) - 1, low = (1u << shift) - 1;
-    for (uint32_t word = 0; word < (1u << 16); ++word) {
-      const uint32_t e = plan.enc[(word >> shift) & smask];
-      const uint32_t f = ((word >> 15) << shift) | (word & low);
-      plan.word_table[word] = ((e >> 5) << 16) | ((e & 31) << 11) | f;
-    }
-  }
   derive_sizes(b);
   b.n_tiles = uint32_t((numel + b.tile_elems - 1) / b.tile_elems);
   derive_sizes(b);  // again: the last tile's sizes depend on n_tiles
-
+  const size_t nsym = size_t(1) << b.sym_bits;
+  if (b.n_tiles > 1 && max_tables > 1) {  // a code per group of tiles where that pays
+    TileHists th;
+    for (size_t s = 0; s < nsym; ++s)
+      if (plan.lengths[s]) th.used.push_back(uint32_t(s));
+    th.u = th.used.size();
+    if (th.u > 1 && uint64_t(b.n_tiles) * th.u <= TILE_HIST_MAX) {
+      by_width(L.itemsize(), [&](auto z) {
+        using W = decltype(z);
+        tile_hists_t(static_cast<const W*>(words), b, threads, th);
+      });
+      choose_tables(th, nsym, max_code_len, size_t(max_tables), threads, plan.lengths, plan.tile_table);
+    }
+  }
+  b.n_tables = uint32_t(plan.lengths.size() / nsym);
+  uint32_t max_len = 0;
+  for (uint8_t l : plan.lengths) max_len = std::max<uint32_t>(max_len, l);
+  b.max_code_len = max_len;
+  std::vector<uint32_t> codes(nsym);
+  plan.enc.resize(plan.lengths.size());
+  for (uint32_t j = 0; j < b.n_tables; ++j) {
+    const uint8_t* lens = &plan.lengths[j * nsym];
+    canonical_codes(lens, nsym, codes.data());
+    for (size_t s = 0; s < nsym; ++s) plan.enc[j * nsym + s] = (codes[s] << 5) | lens[s];
+  }
+  if (L.itemsize() == 2 && numel >= WORD_TABLE_MIN) {
+    plan.word_table.resize(size_t(b.n_tables) << 16);
+    const uint32_t shift = b.shift, smask = (1u << b.sym_bits) - 1, low = (1u << shift) - 1;
+    // word = sign << 15 | symbol << shift | low bits: one entry pattern per (sign, symbol), its low bits in
+    // a run (a loop the compiler vectorises; the tables of a multi-table tensor are built in parallel)
+    parallel_for(b.n_tables, threads, [&](size_t j) {
+      uint32_t* wt = plan.word_table.data() + (j << 16);
+      for (uint32_t sign = 0; sign < 2; ++sign) {
+        for (uint32_t sym = 0; sym <= smask; ++sym) {
+          const uint32_t e = plan.enc[j * nsym + sym];
+          const uint32_t base = ((e >> 5) << 16) | ((e & 31) << 11) | (sign << shift);
+          uint32_t* o = wt + ((sign << 15) | (sym << shift));
+          for (uint32_t lo = 0; lo <= low; ++lo) o[lo] = base | lo;
+        }
+      }
+    });
+  }
   plan.lane_bits.assign(size_t(b.n_tiles) * LANES, 0);
   plan.tile_codes.resize(b.n_tiles);
   plan.raw.assign(b.raw_words, 0);
@@ -435,8 +657,13 @@ Plan plan_v2(const void* words, const DtypeLayout& L, const uint64_t* shape, int
   // section offsets (the parser's order and alignment)
   size_t pos = align16(HEADER_FIXED + 8 * size_t(ndim));
   b.tables_at = pos;
-  b.tables_len = table_bytes(plan.lengths.data(), nsym);
+  b.tables_len = 0;
+  for (uint32_t j = 0; j < b.n_tables; ++j) b.tables_len += table_bytes(&plan.lengths[j * nsym], nsym);
   pos = align16(pos + b.tables_len);
+  if (b.n_tables > 1) {
+    b.tile_table_at = pos;
+    pos = align16(pos + b.n_tiles);
+  }
   b.tile_words_at = pos;
   pos = align16(pos + 4 * (size_t(b.n_tiles) + 1));
   b.tile_lanes_at = pos;
@@ -473,18 +700,24 @@ void write_v2(const Plan& plan, const void* words, uint8_t* out) {
   wr64(out + 32, b.code_words);
   wr32(out + 48, b.data_crc);
   for (int i = 0; i < b.ndim; ++i) wr64(out + HEADER_FIXED + 8 * i, b.shape[i]);
-  // table: used-symbol bitmap (MSB-first within a byte), then (length - 1) per used symbol in nibbles
-  const size_t nsym = plan.lengths.size();
+  // tables, one after another: used-symbol bitmap (MSB-first within a byte), then (length - 1) per used
+  // symbol in nibbles
+  const size_t nsym = size_t(1) << b.sym_bits;
   uint8_t* bm = out + b.tables_at;
-  uint8_t* nib = bm + (nsym + 7) / 8;
-  size_t i = 0;
-  for (size_t s = 0; s < nsym; ++s) {
-    uint32_t l = plan.lengths[s];
-    if (!l) continue;
-    bm[s >> 3] |= uint8_t(0x80 >> (s & 7));
-    nib[i >> 1] |= uint8_t((l - 1) << (4 * (i & 1)));
-    ++i;
+  for (uint32_t j = 0; j < b.n_tables; ++j) {
+    const uint8_t* lens = &plan.lengths[j * nsym];
+    uint8_t* nib = bm + (nsym + 7) / 8;
+    size_t i = 0;
+    for (size_t s = 0; s < nsym; ++s) {
+      uint32_t l = lens[s];
+      if (!l) continue;
+      bm[s >> 3] |= uint8_t(0x80 >> (s & 7));
+      nib[i >> 1] |= uint8_t((l - 1) << (4 * (i & 1)));
+      ++i;
+    }
+    bm = nib + (i + 1) / 2;
   }
+  if (b.n_tables > 1) std::memcpy(out + b.tile_table_at, plan.tile_table.data(), b.n_tiles);
   for (uint32_t t = 0; t <= b.n_tiles; ++t) wr32(out + b.tile_words_at + 4 * t, plan.tile_words[t]);
   for (uint32_t t = 0; t < b.n_tiles; ++t) wr32(out + b.tile_lanes_at + 4 * t, plan.tile_lanes[t]);
   // lane deltas: tile t's 32 values of `width` bits, LSB-first, in its `width` words

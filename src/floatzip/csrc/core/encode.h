@@ -13,8 +13,9 @@ namespace fz {
 // one pass over the tensor after the histogram). write_v2 then fills a buffer of info.total bytes.
 struct Plan {
   BlobInfo info;
-  std::vector<uint8_t> lengths;    // code length per symbol (0 = unused)
-  std::vector<uint32_t> enc;       // (code << 5) | length per symbol
+  std::vector<uint8_t> lengths;    // code length per symbol of each table, n_tables * 2^sym_bits (0 = unused)
+  std::vector<uint32_t> enc;       // (code << 5) | length per symbol of each table, same order
+  std::vector<uint8_t> tile_table; // the table of each tile; empty with one table
   std::vector<uint32_t> lane_bits; // n_tiles * 32
   std::vector<uint32_t> tile_words;  // n_tiles + 1
   std::vector<uint32_t> tile_lanes;  // n_tiles: base | width << 27
@@ -23,13 +24,15 @@ struct Plan {
   std::vector<uint32_t> raw;                      // the raw stream (padding excluded)
   // large 16-bit tensors: for every 16-bit word, (code << 16) | (length << 11) | raw field (codes are at
   // most 16 bits, lengths 5, fields 11)
-  std::vector<uint32_t> word_table;
+  std::vector<uint32_t> word_table;  // 2^16 entries per table
   int threads = 1;
 };
 
-// words: numel unsigned integers of the dtype's width (the tensor's bits, row-major).
+// words: numel unsigned integers of the dtype's width (the tensor's bits, row-major). max_tables: at most
+// this many code tables (1: one code for the whole tensor; 0 or above MAX_TABLES: up to MAX_TABLES, where
+// they make the blob smaller).
 Plan plan_v2(const void* words, const DtypeLayout& layout, const uint64_t* shape, int ndim, uint32_t steps,
-             int max_code_len, int threads);
+             int max_code_len, int threads, int max_tables = 0);
 void write_v2(const Plan& plan, const void* words, uint8_t* out);
 
 // The widest-split symbol histogram (exponent and max_k mantissa bits), and the data CRC, in one pass.

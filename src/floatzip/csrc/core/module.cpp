@@ -77,7 +77,7 @@ const DtypeLayout& layout_or_throw(int code) {
 int threads_or_default(int threads) { return threads > 0 ? threads : default_threads(); }
 
 nb::bytes compress(nb::handle words, int dtype_code, std::vector<uint64_t> shape, uint32_t steps, int max_code_len,
-                   int threads) {
+                   int threads, int max_tables) {
   const DtypeLayout& L = layout_or_throw(dtype_code);
   Buffer in(words, false, "words");
   if (shape.size() > size_t(MAX_NDIM)) throw nb::value_error("at most 8 dimensions");
@@ -86,6 +86,7 @@ nb::bytes compress(nb::handle words, int dtype_code, std::vector<uint64_t> shape
   if (in.size() != numel * L.itemsize()) throw nb::value_error("words do not match the shape");
   if (steps < 8 || steps > MAX_STEPS || steps % 8) throw nb::value_error("steps must be a multiple of 8 in [8, 8192]");
   if (max_code_len < 1 || max_code_len > MAX_CODE_LEN) throw nb::value_error("max_code_len must be in [1, 16]");
+  if (max_tables < 0 || max_tables > MAX_TABLES) throw nb::value_error("max_tables must be in [0, 16]");
   threads = threads_or_default(threads);
   // the words must be aligned to their width for the encoder's loads
   std::vector<uint32_t> copy;
@@ -98,7 +99,7 @@ nb::bytes compress(nb::handle words, int dtype_code, std::vector<uint64_t> shape
   Plan plan;
   {
     nb::gil_scoped_release nogil;
-    plan = plan_v2(w, L, shape.data(), int(shape.size()), steps, max_code_len, threads);
+    plan = plan_v2(w, L, shape.data(), int(shape.size()), steps, max_code_len, threads, max_tables);
   }
   PyObject* out = PyBytes_FromStringAndSize(nullptr, Py_ssize_t(plan.info.total));
   if (!out) throw nb::python_error();
@@ -474,7 +475,9 @@ NB_MODULE(_core, m) {
   m.attr("CODE_PAD_WORDS") = CODE_PAD_WORDS;
   m.attr("RAW_PAD_WORDS") = RAW_PAD_WORDS;
   m.def("compress", &compress, nb::arg("words"), nb::arg("dtype_code"), nb::arg("shape"), nb::arg("steps"),
-        nb::arg("max_code_len") = 16, nb::arg("threads") = 0, "Encode a tensor's words as a v2 blob.");
+        nb::arg("max_code_len") = 16, nb::arg("threads") = 0, nb::arg("max_tables") = 0,
+        "Encode a tensor's words as a v2 blob.\n\nmax_tables: at most this many code tables (0: the\n"
+        "encoder's choice of up to 16; 1: one code for the tensor).");
   m.def("parse", &parse, nb::arg("blob"), nb::arg("check_crc") = true, "Parse and validate a v2 blob.");
   m.def("decode", &decode, nb::arg("blob"), nb::arg("out"), nb::arg("threads") = 0, nb::arg("check_blob_crc") = false,
         nb::arg("check_data_crc") = true, "Decode a v2 blob into `out` (numel words).");
