@@ -42,6 +42,31 @@ def test_compress_verify_inspect_decompress(
     assert digests(tmp_path / "d" / "model.safetensors") == digests(small_file)
 
 
+def test_compress_with_one_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--max-tables 1``: every blob keeps one code table (the faster encoder), and restores byte for byte."""
+    import torch
+    from safetensors.torch import save_file
+
+    from floatzip.format.blob import CompressedTensor
+    from floatzip.format.checkpoint import read_compressed_file
+
+    g = torch.Generator().manual_seed(0)
+    scales = torch.logspace(-3, 0, 64).repeat_interleave(4096)  # tiles of different scales: tables would pay
+    save_file({"w": (torch.randn(64 * 4096, generator=g) * scales).to(torch.bfloat16)}, str(tmp_path / "m.safetensors"))
+    for n, out in ((0, "auto"), (1, "one")):
+        code, _, _ = run(capsys, "compress", str(tmp_path / "m.safetensors"), str(tmp_path / out), "-q",
+                         "--max-tables", str(n))  # fmt: skip
+        assert code == 0
+    tables = {}
+    for out in ("auto", "one"):
+        (ct,) = [t for t in read_compressed_file(tmp_path / out / "m.safetensors").values()]
+        assert isinstance(ct, CompressedTensor)
+        tables[out] = int(ct.v2["n_tables"])
+    assert tables["one"] == 1 < tables["auto"]
+    code, _, _ = run(capsys, "decompress", str(tmp_path / "one"), str(tmp_path / "d"), "-q")
+    assert code == 0 and digests(tmp_path / "d" / "m.safetensors") == digests(tmp_path / "m.safetensors")
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -51,6 +76,7 @@ def test_compress_verify_inspect_decompress(
         (["verify", "{missing}"], "missing: no such directory"),
         (["decompress", "{src}", "{out}"], "not a floatzip checkpoint"),
         (["inspect", "{missing}"], "missing: no such file or directory"),
+        (["compress", "{src}", "{out}", "--max-tables", "17"], "--max-tables 17: must be from 0"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(

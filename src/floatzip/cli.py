@@ -37,7 +37,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if is_df11_checkpoint(args.src):
         raise InputError(f"{args.src}: a DFloat11 (DF11) checkpoint, already compressed; "
                          f"floatzip convert {args.src} {args.dst} turns it into a floatzip checkpoint")  # fmt: skip
-    r = compress_checkpoint(args.src, args.dst, steps=args.steps, progress=not args.quiet)
+    if not 0 <= args.max_tables <= 16:
+        raise InputError(f"--max-tables {args.max_tables}: must be from 0 (as many as pay) to 16")
+    r = compress_checkpoint(args.src, args.dst, steps=args.steps, max_tables=args.max_tables, progress=not args.quiet)
     encoded = sum(t.encoded for t in r.tensors)
     print(f"compressed {args.src} -> {args.dst}")
     print(_table([
@@ -154,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src", type=Path)
     c.add_argument("dst", type=Path, help="new directory for the compressed checkpoint")
     c.add_argument("--steps", type=int, default=None, help="steps per tile (docs/FORMAT.md §1.4; default: per dtype)")
+    c.add_argument("--max-tables", type=int, default=0, metavar="N",
+                   help="code tables per tensor, 1-16 (default 0: as many as pay; 1 compresses faster)")  # fmt: skip
     c.set_defaults(run=cmd_compress)
 
     cv = sub.add_parser("convert", help="turn a DFloat11 (DF11) checkpoint into a floatzip one, bit for bit")

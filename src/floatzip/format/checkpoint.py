@@ -236,7 +236,9 @@ def _should_encode(entry: Entry) -> bool:
 # compress
 
 
-def _compress_file(src: Path, dst: Path, rel: str, report: CheckpointReport, bar: tqdm, steps: int | None) -> None:
+def _compress_file(
+    src: Path, dst: Path, rel: str, report: CheckpointReport, bar: tqdm, steps: int | None, max_tables: int = 0
+) -> None:
     header = read_header(src)
     n = len(header.entries)
     # the header's room, reserved before the tensors are read: a blob is stored only when smaller than the
@@ -264,7 +266,7 @@ def _compress_file(src: Path, dst: Path, rel: str, report: CheckpointReport, bar
             crc = None
             if _should_encode(e):
                 layout = spec.LAYOUT_BY_NAME[e.dtype]
-                ct = compress_words(_words(e, data), layout, e.shape, steps=steps)
+                ct = compress_words(_words(e, data), layout, e.shape, steps=steps, max_tables=max_tables)
                 crc = ct.data_crc32  # a v2 blob's: CRC-32C of the original bytes
                 if ct.nbytes < len(data):
                     stored = ct.to_bytes()
@@ -341,13 +343,20 @@ class CheckpointBuilder:
     """
 
     def __init__(
-        self, tmp: Path, report: CheckpointReport, bar: tqdm, steps: int | None, progress: bool = False
+        self,
+        tmp: Path,
+        report: CheckpointReport,
+        bar: tqdm,
+        steps: int | None,
+        progress: bool = False,
+        max_tables: int = 0,
     ) -> None:
         self._progress = progress  # a verify bar after the compress bar (a large model's verify takes a while)
         self._tmp = tmp
         self._report = report
         self._bar = bar
         self._steps = steps
+        self._max_tables = max_tables
         self._manifest: list[dict[str, object]] = []
 
     def add(self, f: Path, rel: str) -> None:
@@ -356,7 +365,7 @@ class CheckpointBuilder:
         out.parent.mkdir(parents=True, exist_ok=True)
         entry: dict[str, object] = {"path": rel, "size": f.stat().st_size, "sha256": _sha256_file(f)}
         if f.suffix == ".safetensors":
-            _compress_file(f, out, rel, self._report, self._bar, self._steps)
+            _compress_file(f, out, rel, self._report, self._bar, self._steps, self._max_tables)
             entry["kind"] = "safetensors"
             self._report.original_bytes += f.stat().st_size
             self._report.compressed_bytes += out.stat().st_size
@@ -426,13 +435,13 @@ This file is written by `floatzip compress` and is not one of the original files
 
 @contextlib.contextmanager
 def build_checkpoint(
-    dst: Path, report: CheckpointReport, *, total: int, steps: int | None, progress: bool
+    dst: Path, report: CheckpointReport, *, total: int, steps: int | None, progress: bool, max_tables: int = 0
 ) -> Iterator[CheckpointBuilder]:
     """A :class:`CheckpointBuilder` staged beside ``dst``; on a clean exit the manifest is written, the
     whole checkpoint is verified, and it is renamed to ``dst``. On an error nothing is left."""
     start = time.perf_counter()
     with _staging(dst) as tmp, _progress(total, "compress", progress) as bar:
-        builder = CheckpointBuilder(tmp, report, bar, steps, progress)
+        builder = CheckpointBuilder(tmp, report, bar, steps, progress, max_tables)
         yield builder
         builder._finish()
     report.seconds = time.perf_counter() - start
@@ -443,11 +452,14 @@ def compress_checkpoint(
     dst: str | Path,
     *,
     steps: int | None = None,
+    max_tables: int = 0,
     progress: bool = False,
 ) -> CheckpointReport:
     """Compress a ``.safetensors`` file or a model directory into the new directory ``dst``.
 
-    ``steps`` sets every blob's tile (docs/FORMAT.md §1.4); the default suits each dtype."""
+    ``steps`` sets every blob's tile (docs/FORMAT.md §1.4); the default suits each dtype. ``max_tables`` caps
+    each tensor's code tables (§1.2): 0 lets the encoder use up to 16 where they pay, 1 compresses faster
+    (about 1.5x here, BENCHMARKS.md) for a slightly larger file."""
     src, dst = Path(src), Path(dst)
     root, files = _source_files(src)
     _refuse_nested(src, dst)
@@ -456,7 +468,7 @@ def compress_checkpoint(
     for f in files:  # refuse a bad input before anything is written
         if f.suffix == ".safetensors":
             read_header(f)
-    with build_checkpoint(dst, report, total=total, steps=steps, progress=progress) as builder:
+    with build_checkpoint(dst, report, total=total, steps=steps, progress=progress, max_tables=max_tables) as builder:
         for f in files:
             builder.add(f, f.relative_to(root).as_posix())
     return report
