@@ -423,8 +423,9 @@ def _gemm() -> Callable[..., torch.Tensor]:
     return dispatch_unquantized_gemm(config.kernel_config.linear_backend if config is not None else "auto")
 
 
-class FloatzipLinearMethod(LinearMethodBase):
-    """Every ``LinearBase`` of a floatzip checkpoint: the shard compressed on its device, decoded per call."""
+class _WeightMethod:
+    """What floatzip's linear and embedding methods share: the weight staged, then compressed on its device,
+    decoded per call, and vLLM's own unquantized matmul over it."""
 
     requires_device_loading = False  # the staged shard is coded on the host; only the code moves
 
@@ -464,52 +465,19 @@ class FloatzipLinearMethod(LinearMethodBase):
         return self._gemm(layer, x, _slot_of(layer).weight(), bias)
 
 
-class FloatzipEmbeddingMethod(QuantizeMethodBase):
+class FloatzipLinearMethod(_WeightMethod, LinearMethodBase):
+    """Every ``LinearBase`` of a floatzip checkpoint: the shard compressed on its device, decoded per call."""
+
+
+class FloatzipEmbeddingMethod(_WeightMethod, QuantizeMethodBase):
     """``VocabParallelEmbedding`` and ``ParallelLMHead``: the vocabulary shard compressed; a lookup decodes
     the rows it needs (on the CPU) or the shard (on CUDA), the LM head decodes the shard."""
-
-    requires_device_loading = False
-
-    def __init__(self, prefix: str = "", backend: str = "auto") -> None:
-        self.prefix = prefix
-        self.backend = backend
-        self._gemm = _gemm()
-
-    def create_weights(
-        self,
-        layer: torch.nn.Module,
-        input_size_per_partition: int,
-        output_partition_sizes: list[int],
-        input_size: int,
-        output_size: int,
-        params_dtype: torch.dtype,
-        **extra_weight_attrs: Any,
-    ) -> None:
-        inner = extra_weight_attrs.pop("weight_loader")
-        weight, slot = _staged_weight(
-            layer,
-            output_partition_sizes,
-            input_size_per_partition,
-            params_dtype,
-            inner,
-            self.prefix or type(layer).__name__,
-            self.backend,
-        )
-        layer.register_parameter("weight", weight)
-        set_weight_attrs(weight, {"input_dim": 1, "output_dim": 0, "weight_loader": _loader(slot)})
-        set_weight_attrs(weight, extra_weight_attrs)
-
-    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        _slot_of(layer).finish()
 
     def embedding(self, layer: torch.nn.Module, input_: torch.Tensor) -> torch.Tensor:
         slot = _slot_of(layer)
         if slot.packed is not None:
             return slot.packed.rows(input_)
         return torch.nn.functional.embedding(input_, slot.weight())
-
-    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return self._gemm(layer, x, _slot_of(layer).weight(), bias)
 
     def tie_weights(self, layer: torch.nn.Module, embed_tokens: torch.nn.Module) -> torch.nn.Module:
         """Share the embedding's compressed weight (once stored). vLLM also re-ties after loading when the
