@@ -35,9 +35,7 @@ ratio 0.664 by docs/FORMAT.md §1.6's measurement). Until a GPU measures the ker
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
 import re
 import sys
 from pathlib import Path
@@ -195,16 +193,7 @@ def table(doc: dict[str, object]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--json", type=Path, help="write the analysis here")
-    ap.add_argument("--sass", type=Path, help="write each kernel's SASS into this directory")
-    args = ap.parse_args(argv)
-    doc = analyse(args.arch, args.sass)
-    print(table(doc))
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
-    return 0
+    return gpu_model.run_cli(__doc__, analyse, table, argv)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -268,17 +269,27 @@ def table(doc: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_cli(
+    doc_string: str | None,
+    analyse_fn: Callable[[str, Path | None], dict[str, object]],
+    table_fn: Callable[[dict[str, object]], str],
+    argv: list[str] | None = None,
+) -> int:
+    """The command line of a compiled-code model (this one, gemv_model.py): --arch, --json, --sass."""
+    ap = argparse.ArgumentParser(description=doc_string, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="sm_90a")
     ap.add_argument("--json", type=Path, help="write the analysis here")
     ap.add_argument("--sass", type=Path, help="write each kernel's SASS into this directory")
     args = ap.parse_args(argv)
-    doc = analyse(args.arch, args.sass)
-    print(table(doc))
+    doc = analyse_fn(args.arch, args.sass)
+    print(table_fn(doc))
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(__doc__, analyse, table, argv)
 
 
 if __name__ == "__main__":

@@ -80,4 +80,38 @@ FZ_HD bool batch_lane(const LaneJob& job, const Code& code, u8* out, const TileD
   }
 }
 
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+// What every kernel over a batch does first (the decoder, fz_decode.cu, and the fused GEMV, fz_gemv.cu): the
+// block copies its job's primary table into shared memory; each warp takes its tile and scans its lanes'
+// deltas into each lane's start offset. Returns false for a warp past the job's tiles (it has nothing to do).
+struct WarpTile {
+  u32 tile, lane, delta, before;
+  TileDesc d;
+};
+
+__device__ __forceinline__ bool warp_tile(const JobDesc& job, const TileDesc* __restrict__ tiles,
+                                          const u32* __restrict__ deltas, const u32* __restrict__ primaries,
+                                          u32* table, WarpTile& w) {
+  const uint4* src = reinterpret_cast<const uint4*>(primaries + (u64(job.code) << PRIMARY_BITS));
+  for (u32 i = threadIdx.x; i < (1u << PRIMARY_BITS) / 4; i += WARPS * 32) {
+    reinterpret_cast<uint4*>(table)[i] = src[i];
+  }
+  __syncthreads();
+  const u32 warp = threadIdx.x >> 5;
+  w.lane = threadIdx.x & 31;
+  if (warp >= job.n_tiles) return false;
+  w.tile = job.first_tile + warp;
+  w.d = tiles[w.tile];
+  w.delta = lane_delta(w.d, deltas, w.lane);
+  u32 before = w.delta;  // inclusive scan of the deltas over the lanes
+  FZ_UNROLL
+  for (int s = 1; s < 32; s <<= 1) {
+    const u32 v = __shfl_up_sync(0xFFFFFFFFu, before, s);
+    if (w.lane >= u32(s)) before += v;
+  }
+  w.before = before - w.delta;
+  return true;
+}
+#endif
+
 }  // namespace fz

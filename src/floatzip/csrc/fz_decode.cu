@@ -3,8 +3,8 @@
 // One warp decodes one tile (its 32 lanes are the tile's lanes); a block's warps decode tiles of one code,
 // whose primary table the block first copies into shared memory. The per-lane work is fz_lane.h's and the
 // batch's per-tile setup fz_batch.h's: the same code the CPU decoder and the host emulation of a batch run
-// (and the CPU tests check bit for bit). Only the warp scan of the lanes' deltas and the tile's error vote
-// are written here.
+// (and the CPU tests check bit for bit); the block's table copy and the warp scan of the lanes' deltas are
+// fz_batch.h's warp_tile, shared with the fused GEMV (fz_gemv.cu). Only the tile's error vote is written here.
 //
 // Everything read from a batch was checked on the host when the batch was prepared (floatzip.decode.cuda):
 // tile descriptors, lane lengths, table indices. A corrupt stream can still make a lane run long; the
@@ -28,23 +28,10 @@ __global__ void __launch_bounds__(WARPS * 32)
                   const u64* __restrict__ long_at, u8* __restrict__ out, u32* __restrict__ errors) {
   __shared__ __align__(16) u32 table[1 << PRIMARY_BITS];
   const JobDesc job = jobs[blockIdx.x];
-  const uint4* src = reinterpret_cast<const uint4*>(primaries + (u64(job.code) << PRIMARY_BITS));
-  for (u32 i = threadIdx.x; i < (1u << PRIMARY_BITS) / 4; i += WARPS * 32) {
-    reinterpret_cast<uint4*>(table)[i] = src[i];
-  }
-  __syncthreads();
-  const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (warp >= job.n_tiles) return;
-  const u32 tile = job.first_tile + warp;
-  const TileDesc d = tiles[tile];
-  const u32 delta = lane_delta(d, deltas, lane);
-  u32 before = delta;  // inclusive scan of the deltas over the lanes
-  FZ_UNROLL
-  for (int s = 1; s < 32; s <<= 1) {
-    const u32 v = __shfl_up_sync(FULL, before, s);
-    if (lane >= u32(s)) before += v;
-  }
-  before -= delta;
+  WarpTile w;
+  if (!warp_tile(job, tiles, deltas, primaries, table, w)) return;
+  const TileDesc& d = w.d;
+  const u32 tile = w.tile, lane = w.lane, delta = w.delta, before = w.before;
   Code code;
   code.primary = table;
   code.longc = longcs + job.code;

@@ -23,23 +23,10 @@ __global__ void __launch_bounds__(WARPS * 32)
                 u32* __restrict__ errors) {
   __shared__ __align__(16) u32 table[1 << PRIMARY_BITS];
   const JobDesc job = jobs[blockIdx.x];
-  const uint4* src = reinterpret_cast<const uint4*>(primaries + (u64(job.code) << PRIMARY_BITS));
-  for (u32 i = threadIdx.x; i < (1u << PRIMARY_BITS) / 4; i += WARPS * 32) {
-    reinterpret_cast<uint4*>(table)[i] = src[i];
-  }
-  __syncthreads();
-  const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (warp >= job.n_tiles) return;
-  const u32 tile = job.first_tile + warp;
-  const TileDesc d = tiles[tile];
-  const u32 delta = lane_delta(d, deltas, lane);
-  u32 before = delta;
-  FZ_UNROLL
-  for (int s = 1; s < 32; s <<= 1) {
-    const u32 v = __shfl_up_sync(0xFFFFFFFFu, before, s);
-    if (lane >= u32(s)) before += v;
-  }
-  before -= delta;
+  WarpTile w;
+  if (!warp_tile(job, tiles, deltas, primaries, table, w)) return;
+  const TileDesc& d = w.d;
+  const u32 tile = w.tile, lane = w.lane, delta = w.delta, before = w.before;
   Code code;
   code.primary = table;
   code.longc = longcs + job.code;

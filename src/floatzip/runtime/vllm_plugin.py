@@ -63,7 +63,7 @@ from floatzip.errors import FormatError, InputError, IntegrityError
 from floatzip.format import spec
 from floatzip.format.blob import CompressedTensor
 from floatzip.format.checkpoint import CompressedFile, open_compressed
-from floatzip.format.safetensors_io import read_header
+from floatzip.format.safetensors_io import Entry, read_header
 from floatzip.format.spec import align
 from floatzip.runtime import blocks, ops
 from floatzip.runtime.loading import checked_format_version, is_blob
@@ -103,10 +103,6 @@ class _Workspace:
             if holder.tensor is None or holder.tensor.numel() < nbytes:
                 holder.tensor = torch.empty(align(nbytes, blocks.ALIGN), dtype=torch.uint8, device=device)
             return holder
-
-    def nbytes(self, device: torch.device) -> int:
-        holder = self._buffers.get(device)
-        return 0 if holder is None or holder.tensor is None else holder.tensor.numel()
 
 
 WORKSPACE = _Workspace()
@@ -507,9 +503,11 @@ class _CheckpointIndex:
 
     def __init__(self, files: Iterable[CompressedFile]) -> None:
         self.files: dict[str, CompressedFile] = {}
+        self.original: dict[str, Entry] = {}  # by name, the tensor's entry in its file's original header
         for cf in files:
-            for name in cf.header.by_name():
-                self.files[name] = cf
+            for e in cf.original.entries:
+                self.files[e.name] = cf
+                self.original[e.name] = e
 
     def restore(self, name: str, t: torch.Tensor) -> torch.Tensor:
         cf = self.files.get(name)
@@ -520,7 +518,7 @@ class _CheckpointIndex:
             if not is_blob(t):
                 raise FormatError(f"{where}: listed as encoded but is not a blob")
             ct = CompressedTensor.from_bytes(t.detach().cpu().numpy(), where, copy=False)
-            o = cf.original.by_name()[name]
+            o = self.original[name]
             if ct.layout.name != o.dtype or ct.shape != o.shape:
                 raise FormatError(
                     f"{where}: the blob holds {ct.layout.name}{list(ct.shape)}, the original {o.dtype}{list(o.shape)}"
