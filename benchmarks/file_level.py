@@ -19,7 +19,8 @@ Each tool gets the file and must give it back byte for byte (sha256) before its 
 * z4ai 0.2: ``z4ai.safetensors.compress_bytes(file bytes)`` (its safetensors container, per tensor).
 
 Ratios are of the original file's bytes (header included). The floatzip row also splits its file: the
-safetensors header (with floatzip's metadata), the blobs, and the tensors stored plain.
+safetensors header (with floatzip's metadata), the blobs, the small tensors coded in groups (their records and
+member marks), and the tensors stored plain.
 """
 
 from __future__ import annotations
@@ -73,13 +74,16 @@ def floatzip_file(src: Path, work: Path) -> dict[str, Any]:
     cf = open_compressed(stored)
     header = cf.header.data_start
     blobs = sum(e.nbytes for e in cf.header.entries if e.name in cf.encoded)
-    plain = sum(e.nbytes for e in cf.header.entries if e.name not in cf.encoded)
+    grouped = sum(e.nbytes for e in cf.header.entries if e.name in cf.members)
+    plain = sum(e.nbytes for e in cf.header.entries if e.name not in cf.encoded and e.name not in cf.members)
     size = stored.stat().st_size
     return {
         "bytes": size,
         "manifest_bytes": (dst / "floatzip.json").stat().st_size,
         "header_bytes": header,
         "blob_bytes": blobs,
+        "group_bytes": grouped,
+        "grouped": len(cf.members),
         "plain_bytes": plain,
         "blobs": len(cf.encoded),
         "verified": ok,
@@ -163,7 +167,8 @@ def main() -> int:
             print(f"| {tool} | {r['bytes']} | {100 * r['bytes'] / total:.3f}% | {ok} |")
         fz = row["floatzip"]
         print(f"\nfloatzip's file: header {fz['header_bytes']} ({100 * fz['header_bytes'] / total:.3f}%), "
-              f"{fz['blobs']} blobs {fz['blob_bytes']} ({100 * fz['blob_bytes'] / total:.3f}%), plain tensors "
+              f"{fz['blobs']} blobs {fz['blob_bytes']} ({100 * fz['blob_bytes'] / total:.3f}%), {fz['grouped']} "
+              f"small tensors in groups {fz['group_bytes']} ({100 * fz['group_bytes'] / total:.3f}%), plain tensors "
               f"{fz['plain_bytes']} ({100 * fz['plain_bytes'] / total:.3f}%); manifest floatzip.json "
               f"{fz['manifest_bytes']} bytes ({100 * fz['manifest_bytes'] / total:.3f}%)")  # fmt: skip
     if args.json:

@@ -9,11 +9,14 @@ behind them. Case kinds, in turn:
 
 * ``v2``: a format v2 blob (BF16, F16, F32, F8 E4M3 / E5M2; 1 to 20 000 elements) parsed, then decoded by
   the compiled core (whole tensor, checked against its data CRC) and tile range by tile range;
+* ``packed``: one of those blobs in its packed form (docs/FORMAT.md §2.3), mutated, rebuilt and parsed,
+  then decoded as a ``v2`` case;
 * ``kernel``: the same, laid out as a GPU decode batch and decoded by the CUDA kernel's own per-lane code
   on the CPU (floatzip.decode.cuda.emulate), as the runtime's GPU path does;
 * ``v1``: a format v1 blob of the golden file, parsed and decoded;
 * ``checkpoint``: one file of a small compressed checkpoint (a safetensors header or data byte, the
-  manifest, config.json) mutated, then opened, checked, read, restored and verified.
+  manifest, config.json) mutated, then opened, checked, read, restored and verified; its small tensors are
+  coded in group records (docs/FORMAT.md §2.4), its blobs packed.
 
 The blob and every array the compiled code reads, and every output it writes, are placed with their last
 byte against a page mapped with no access (every other case: their first byte after one), so a read or
@@ -53,7 +56,7 @@ import numpy as np
 
 PAGE = mmap.PAGESIZE
 HANG_S = 10.0
-KINDS = ("v2", "v2", "kernel", "v1", "checkpoint")  # a v2 blob twice as often as each other kind
+KINDS = ("v2", "v2", "packed", "kernel", "v1", "checkpoint")  # a v2 blob twice as often as each other kind
 GOLDEN_V1 = Path(__file__).resolve().parents[1] / "tests" / "golden" / "v1" / "blobs" / "blobs.safetensors"
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -135,7 +138,17 @@ def reseal(b: bytearray) -> None:
 
     from floatzip import _core
 
-    if len(b) >= 56 and b[4:6] == b"\x02\x00":
+    if b[:4] == b"FZpk":  # packed: the rebuilt blob's checksum, kept in the packed header
+        from floatzip.errors import FormatError
+        from floatzip.format import packed
+
+        try:
+            rebuilt = bytearray(packed.unpack(bytes(b)))
+        except FormatError:
+            return
+        reseal(rebuilt)
+        b[20:24] = rebuilt[52:56]
+    elif len(b) >= 56 and b[4:6] == b"\x02\x00":
         b[52:56] = b"\0\0\0\0"
         b[52:56] = struct.pack("<I", _core.crc32c(bytes(b)))
     elif len(b) >= 48 and b[4:6] == b"\x01\x00":
@@ -264,6 +277,13 @@ def case_v2(blob: bytearray, original: bytes, tail: bool, rng: np.random.Generat
     return "decoded"
 
 
+def case_packed(blob: bytearray, original: bytes, tail: bool, rng: np.random.Generator) -> str:
+    from floatzip.format.blob import CompressedTensor
+
+    rebuilt = CompressedTensor.from_bytes(bytes(blob), "packed").to_bytes()  # unpacked, then parsed whole
+    return case_v2(bytearray(rebuilt), original, tail, rng)
+
+
 def _tile_elements(ct: Any, t: int) -> int:
     from floatzip.format.spec import LANES
 
@@ -323,6 +343,9 @@ class CheckpointCases:
             "b.weight": (torch.randn(4096, generator=g) * 0.05).to(torch.float16),
             "c.weight": torch.randn(70, 64, generator=g).to(torch.float32),
             "norm.weight": torch.ones(64, dtype=torch.bfloat16),
+            "a.bias": (torch.randn(96, generator=g) * 0.02).to(torch.bfloat16),
+            "b.bias": (torch.randn(200, generator=g) * 0.02).to(torch.float16),
+            "c.bias": (torch.randn(300, generator=g) * 0.02).to(torch.float16),
             "ids": torch.arange(10, dtype=torch.int64),
         }
         save_file(tensors, str(src / "model.safetensors"), metadata={"format": "pt"})
@@ -375,7 +398,10 @@ def worker(wid: int, args: argparse.Namespace, start: int, current: Any, results
     rng0 = np.random.default_rng([args.seed, 0])
     blobs = sound_blobs(rng0)
     v1 = _v1_blobs()
-    every = [b for b, _ in blobs] + [b for b, _ in v1]
+    from floatzip.format.blob import CompressedTensor
+
+    packed_blobs = [(CompressedTensor.from_bytes(b).packed_bytes(), o) for b, o in blobs]
+    every = [b for b, _ in blobs] + [b for b, _ in v1] + [b for b, _ in packed_blobs]
     tmp = Path(tempfile.mkdtemp(prefix=f"floatzip-fuzz-{wid}-"))
     try:
         ckpt = CheckpointCases(tmp)
@@ -392,12 +418,12 @@ def worker(wid: int, args: argparse.Namespace, start: int, current: Any, results
                 if kind == "checkpoint":
                     outcome = ckpt.run(rng)
                 else:
-                    pool = v1 if kind == "v1" else blobs
+                    pool = {"v1": v1, "packed": packed_blobs}.get(kind, blobs)
                     blob, original = pool[int(rng.integers(len(pool)))]
                     b = mutate(blob, rng, every)
                     if rng.random() < 0.85:
                         reseal(b)
-                    run = {"v2": case_v2, "kernel": case_kernel, "v1": case_v1}[kind]
+                    run = {"v2": case_v2, "packed": case_packed, "kernel": case_kernel, "v1": case_v1}[kind]
                     outcome = run(b, original, tail, rng)
             except FloatzipError as exc:
                 outcome = "refused"

@@ -41,9 +41,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise InputError(f"--max-tables {args.max_tables}: must be from 0 (as many as pay) to 16")
     r = compress_checkpoint(args.src, args.dst, steps=args.steps, max_tables=args.max_tables, progress=not args.quiet)
     encoded = sum(t.encoded for t in r.tensors)
+    grouped = sum(t.grouped for t in r.tensors)
+    coded = f"{encoded} of {len(r.tensors)} tensors entropy-coded" + (
+        f", {grouped} small ones in groups" if grouped else ""
+    )
     print(f"compressed {args.src} -> {args.dst}")
     print(_table([
-        ("files", f"{r.files} ({encoded} of {len(r.tensors)} tensors entropy-coded)"),
+        ("files", f"{r.files} ({coded})"),
         ("original", _size(r.original_bytes)),
         ("compressed", _size(r.compressed_bytes)),
         ("ratio", f"{100 * r.ratio:.2f}%"),

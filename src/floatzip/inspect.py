@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -16,7 +17,7 @@ from floatzip.decode import decode_words
 from floatzip.errors import InputError
 from floatzip.format import spec
 from floatzip.format.blob import CompressedTensor
-from floatzip.format.checkpoint import is_floatzip_checkpoint, open_compressed, read_blob
+from floatzip.format.checkpoint import is_floatzip_checkpoint, member_words, open_compressed, read_blob
 from floatzip.format.safetensors_io import Entry, iter_files, not_safetensors_hint, read_header, read_range
 
 
@@ -39,7 +40,15 @@ class TensorStats:
         return self.stored_bytes / self.original_bytes if self.original_bytes else 1.0
 
 
-PARTS = ("coded symbols", "raw bits", "tables", "lane sizes", "blob headers", "plain tensors")
+PARTS = (
+    "coded symbols",
+    "raw bits",
+    "tables",
+    "lane sizes",
+    "blob headers",
+    "groups of small tensors",
+    "plain tensors",
+)
 """Where a tensor's stored bytes go: a blob's code stream, raw fields, code tables, tile and lane index and
 fixed header (with padding); or the whole tensor, stored unchanged."""
 
@@ -165,10 +174,17 @@ def _inspect_file(f: Path, rel: str, compressed: bool, stats: list[TensorStats],
     if compressed:
         cf = open_compressed(f)
         ours = cf.header.by_name()
+        members: dict[str, np.ndarray] = {}
         with f.open("rb") as fh:
             for o in cf.original.entries:
                 e = ours[o.name]
-                if o.name in cf.encoded:
+                if o.name in cf.members:  # a group's first tensor holds the record; the others 12 bytes each
+                    first, _ = cf.members[o.name]
+                    if o.name == first:
+                        members = member_words(cf, first)
+                    part = _stats(rel, o.name, o.dtype, o.shape, o.nbytes, e.nbytes, None, members[o.name], hist)
+                    stats.append(dataclasses.replace(part, encoded=True, split={"groups of small tensors": e.nbytes}))
+                elif o.name in cf.encoded:
                     ct = read_blob(cf, fh, o.name)
                     words = np.empty(ct.numel, dtype=np.dtype(f"<u{ct.layout.nbytes}"))
                     decode_words(ct, words)

@@ -19,7 +19,7 @@ def test_a_short_fuzz_run_is_clean(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     doc = json.loads(out.read_text())
     assert doc["cases"] == 500
-    assert set(doc["outcomes"]) == {"v2", "kernel", "v1", "checkpoint"}
+    assert set(doc["outcomes"]) == {"v2", "packed", "kernel", "v1", "checkpoint"}
     assert doc["escapes"] == doc["crashes"] == doc["hangs"] == []
     # the mutations reach past the checksums: some cases decode or restore, most are refused
     assert sum(v.get("refused", 0) for v in doc["outcomes"].values()) > 250

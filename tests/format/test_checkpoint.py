@@ -55,7 +55,7 @@ def test_sharded_directory_with_index_and_subdirs(tmp_path: Path) -> None:
     restored = round_trip(src, tmp_path)
     assert digests(restored) == digests(src)
     config = json.loads((tmp_path / "c" / "config.json").read_text())
-    assert config["quantization_config"] == {"quant_method": "floatzip", "format_version": 3}
+    assert config["quantization_config"] == {"quant_method": "floatzip", "format_version": spec.FORMAT_VERSION}
     assert (tmp_path / "c" / "model.safetensors.index.json").read_bytes() == (
         src / "model.safetensors.index.json"
     ).read_bytes()
@@ -77,7 +77,7 @@ def test_compressed_file_is_plain_safetensors_with_blobs(small_file: Path, tmp_p
     path = tmp_path / "c" / "model.safetensors"
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        assert meta[spec.META_VERSION] == "3"
+        assert meta[spec.META_VERSION] == "4"
         names = list(json.loads(path.read_bytes()[8 : 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]]))[1:]
         bits = base64.b64decode(meta[spec.META_BLOBS])
         encoded = [n for i, n in enumerate(names) if bits[i >> 3] >> (i & 7) & 1]

@@ -337,7 +337,7 @@ V3_ATTACKS: dict[str, tuple[Callable[[dict], None], type[Exception], str]] = {
     "blob bitmap bit past the last tensor": (
         _b64_changed(spec.META_BLOBS, lambda b: b.__setitem__(0, b[0] | 0x80)), FormatError, "past the last tensor"),
     "a plain tensor marked a blob": (
-        _b64_changed(spec.META_BLOBS, lambda b: b.__setitem__(0, 0x7F)), FormatError, "not a version 2 floatzip blob"),
+        _b64_changed(spec.META_BLOBS, lambda b: b.__setitem__(0, 0x7F)), FormatError, "marked as floatzip.s but"),
     "a blob marked plain": (
         _b64_changed(spec.META_BLOBS, lambda b: b.__setitem__(0, 0)), IntegrityError, "original header does not match"),
     "no checksums": (lambda d: _meta(d).pop(spec.META_CRCS), FormatError, "floatzip.crcs"),

@@ -5,8 +5,10 @@ version 1 (lanes=32, steps=16) from tests.conftest.small_state_dict() plus a con
 format version 2 (steps=8) from the same two files; tests/golden/v3 by format version 3 (steps=8) from the
 same two files plus two written by hand, which take the version's other paths: order.safetensors (header keys
 in reverse data order, ``__metadata__`` last: the recipe records the order) and spaced.safetensors (JSON with
-spaces after the separators, which no rebuild gives: the header is stored whole); tests/golden/v1/blobs holds
-single v1 blobs of every dtype and odd shape (tests/format/test_blob.py).
+spaces after the separators, which no rebuild gives: the header is stored whole); tests/golden/v4 by format
+version 4 (steps=8) from v3's originals plus groups.safetensors (tests.format.test_groups.many_small(): small
+tensors of two dtypes coded in group records), every blob in it packed; tests/golden/v1/blobs holds single v1
+blobs of every dtype and odd shape (tests/format/test_blob.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ EXPECTED = {
         "order.safetensors": "bf8fa2627eb5608fa729995e9479c47467eeef248e55870e4c19e0341c588fb9",
         "spaced.safetensors": "caa0d91b4fdbcdb943aae5d1582213ba35e906195ff002f63b15c2db267ad536",
     },
+}
+EXPECTED["v4"] = {
+    **EXPECTED["v3"],
+    "groups.safetensors": "2cda1ed8869e59d9b72be6b5589b2f057436a9307d440f83a606040d8f3a153f",
 }
 
 
@@ -65,7 +71,22 @@ def test_golden_v3_takes_each_way_to_the_original_header() -> None:
     assert all(m[spec.META_VERSION] == "3" and spec.META_ENCODED not in m for m in metas.values())
 
 
-@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_golden_v4_packs_its_blobs_and_groups_its_small_tensors() -> None:
+    from floatzip.format import spec
+    from floatzip.format.checkpoint import open_compressed
+
+    cf = open_compressed(GOLDEN / "v4" / "groups.safetensors")
+    assert cf.header.metadata[spec.META_VERSION] == "4"
+    assert {r.layout.name for r in cf.records.values()} == {"BF16", "F16"} and len(cf.members) == 24
+    with (GOLDEN / "v4" / "model.safetensors").open("rb") as f:
+        model = open_compressed(GOLDEN / "v4" / "model.safetensors")
+        for name in model.encoded:
+            e = model.header.by_name()[name]
+            f.seek(model.header.data_start + e.begin)
+            assert f.read(4) == spec.PACKED_MAGIC
+
+
+@pytest.mark.parametrize("version", ["v2", "v3", "v4"])
 def test_golden_holds_every_dtype_as_v2_blobs_the_gpu_path_decodes(version: str) -> None:
     import numpy as np
     import torch

@@ -21,7 +21,7 @@ diffusers = pytest.importorskip("diffusers")
 import floatzip  # noqa: E402, F401  (registers with diffusers, lazily)
 from floatzip.cli import main as cli  # noqa: E402
 from floatzip.errors import InputError, IntegrityError  # noqa: E402
-from floatzip.format.safetensors_io import read_header  # noqa: E402
+from floatzip.format.checkpoint import open_compressed  # noqa: E402
 from floatzip.runtime import memory_report, runtime_of  # noqa: E402
 
 
@@ -101,8 +101,7 @@ def test_diffusion_transformer_runs_compressed_bit_for_bit(folders: dict[str, tu
     assert rt is not None and type(model.hf_quantizer).__name__ == "FloatzipDiffusersQuantizer"
     blocks = {u.name.split(".")[0] for u in rt.units if u.name.rpartition(".")[2].isdigit()}
     assert blocks, "the repeated blocks were found from _no_split_modules"
-    header = read_header(fz / "transformer" / "diffusion_pytorch_model.safetensors")
-    encoded = {e.name for e in header.entries if e.dtype == "U8"}
+    encoded = open_compressed(fz / "transformer" / "diffusion_pytorch_model.safetensors").encoded
     assert set(rt.slots) <= encoded and len(rt.slots) >= len(encoded) - 4  # buffers and fp32 modules: plain
     report = memory_report(model)
     # one buffer for the largest unit (in these tiny models a block is most of the model, so no total saving)
@@ -132,10 +131,10 @@ def test_a_corrupt_diffusers_checkpoint_refuses_to_load(folders: dict[str, tuple
     bad = tmp_path / "bad"
     shutil.copytree(folders["flux"][1], bad)
     path = bad / "transformer" / "diffusion_pytorch_model.safetensors"
-    header = read_header(path)
-    e = next(e for e in header.entries if e.dtype != "U8" and e.nbytes >= 64)  # a plain tensor (a norm, a bias)
+    cf = open_compressed(path)
+    e = cf.header.by_name()[next(iter(cf.records))]  # small tensors (norms, biases) coded together
     data = bytearray(path.read_bytes())
-    data[header.data_start + e.begin + 5] ^= 0x20
+    data[cf.header.data_start + e.begin + e.nbytes - 5] ^= 0x20
     path.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="checksum mismatch"):
         diffusers.FluxTransformer2DModel.from_pretrained(bad, subfolder="transformer", dtype=torch.bfloat16)

@@ -18,8 +18,17 @@ import numpy.typing as npt
 
 from floatzip import _core
 from floatzip.errors import FormatError, IntegrityError, VersionError
+from floatzip.format import packed
 from floatzip.format.blob_v1 import V1Sections, parse_v1
-from floatzip.format.spec import BLOB_MAGIC, BLOB_READ_VERSIONS, LAYOUT_BY_CODE, FloatLayout
+from floatzip.format.spec import (
+    BLOB_MAGIC,
+    BLOB_READ_VERSIONS,
+    LAYOUT_BY_CODE,
+    MAX_NDIM,
+    PACKED_MAGIC,
+    V2_HEADER_FIXED,
+    FloatLayout,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -147,6 +156,11 @@ class CompressedTensor:
     def to_bytes(self) -> bytes:
         return self._blob if isinstance(self._blob, bytes) else bytes(self._blob)
 
+    def packed_bytes(self) -> bytes:
+        """The packed form of this (version 2) blob (docs/FORMAT.md §2.3): what a checkpoint stores for a
+        small tensor; :meth:`from_bytes` reads either form."""
+        return packed.pack(self._blob, self.v2)
+
     @property
     def buffer(self) -> bytes | memoryview:
         """The blob's bytes without a copy (a view when the record lives in a staging buffer)."""
@@ -161,11 +175,13 @@ class CompressedTensor:
         check_crc: bool = True,
         copy: bool = True,
     ) -> CompressedTensor:
-        """Parse and validate a blob of any version floatzip reads; ``name`` appears in every error message.
+        """Parse and validate a blob of any version floatzip reads, or a packed one (§2.3); ``name`` appears
+        in every error message.
 
         ``check_crc=False`` skips the blob checksum only (for a blob this process just wrote). ``copy=False``
         keeps a view of ``blob`` instead of a copy (a loader's tensor, which then must not change: it is what
-        the record decodes from); a version 1 blob is always copied.
+        the record decodes from); a version 1 blob and a packed one are always copied (a packed one is
+        rebuilt, and its checksum always checked: it covers the rebuilt bytes).
         """
         data: bytes | memoryview
         if copy or isinstance(blob, bytes):
@@ -178,6 +194,8 @@ class CompressedTensor:
                 data = arr.tobytes()
         if len(data) < 8:
             raise FormatError(f"{name}: truncated floatzip blob ({len(data)} bytes)")
+        if data[:4] == PACKED_MAGIC:
+            data, check_crc = packed.unpack(data, name), True
         if data[:4] != BLOB_MAGIC:
             raise FormatError(f"{name}: not a floatzip blob (bad magic)")
         version = struct.unpack_from("<H", data, 4)[0]
@@ -208,3 +226,28 @@ class CompressedTensor:
             crc = _core.crc32c(buf)
         if crc != self.data_crc32:
             raise IntegrityError(f"{name}: decodes to the wrong bytes (checksum mismatch)")
+
+
+def blob_head(head: bytes | bytearray | memoryview, name: str) -> tuple[FloatLayout, tuple[int, ...], int]:
+    """The dtype, shape and original data CRC a version 2 or packed blob's header records, from its
+    first :data:`HEAD_BYTES` bytes (or all of a shorter blob), checked for range only (the full parse checks
+    the rest). Raises FormatError naming ``name`` for anything else."""
+    if bytes(head[:4]) == PACKED_MAGIC:
+        code, shape, crc = packed.head_fields(head, name)
+    elif bytes(head[:4]) == BLOB_MAGIC and len(head) >= V2_HEADER_FIXED and head[4:6] == b"\x02\x00":
+        ndim = head[7]
+        if ndim > MAX_NDIM or len(head) < V2_HEADER_FIXED + 8 * ndim:
+            raise FormatError(f"{name}: bad blob header (dtype or shape)")
+        shape = struct.unpack_from(f"<{ndim}Q", head, V2_HEADER_FIXED)
+        if any(d > 1 << 62 for d in shape) or math.prod(shape) > 1 << 62:
+            raise FormatError(f"{name}: bad blob header (a shape of too many elements)")
+        code, crc = head[6], struct.unpack_from("<I", head, 48)[0]
+    else:
+        raise FormatError(f"{name}: not a version 2 floatzip blob")
+    layout = LAYOUT_BY_CODE.get(code)
+    if layout is None:
+        raise FormatError(f"{name}: bad blob header (dtype or shape)")
+    return layout, tuple(int(d) for d in shape), int(crc)
+
+
+HEAD_BYTES = max(V2_HEADER_FIXED + 8 * MAX_NDIM, packed.MAX_HEAD_BYTES)

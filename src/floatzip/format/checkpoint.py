@@ -33,8 +33,8 @@ from floatzip import _core
 from floatzip.codec.encode import compress_words
 from floatzip.decode import decode_words
 from floatzip.errors import FloatzipError, FormatError, InputError, IntegrityError, VersionError
-from floatzip.format import spec
-from floatzip.format.blob import CompressedTensor
+from floatzip.format import groups, spec
+from floatzip.format.blob import HEAD_BYTES, CompressedTensor, blob_head
 from floatzip.format.safetensors_io import (
     MAX_HEADER_BYTES,
     Entry,
@@ -64,7 +64,8 @@ class TensorReport:
     shape: tuple[int, ...]
     original_bytes: int
     stored_bytes: int
-    encoded: bool
+    encoded: bool  # stored as a blob of its own
+    grouped: bool = False  # coded with other small tensors (its group's record, or a member mark)
 
     @property
     def ratio(self) -> float:
@@ -236,16 +237,67 @@ def _should_encode(entry: Entry) -> bool:
 # compress
 
 
+def _groupable(entry: Entry) -> bool:
+    """A float tensor too small for a blob of its own, but worth coding with its neighbours (§2.4)."""
+    return entry.dtype in spec.LAYOUT_BY_NAME and not _should_encode(entry) and entry.nbytes >= groups.MIN_MEMBER_BYTES
+
+
+def _plan_groups(header: Header) -> list[list[int]]:
+    """The candidate groups of a file's small float tensors (indices in data order): one dtype each, members
+    in data order, each group within the record's bounds."""
+    out: list[list[int]] = []
+    open_by_dtype: dict[str, tuple[list[int], int]] = {}
+    for i, e in enumerate(header.entries):
+        if not _groupable(e):
+            continue
+        members, numel = open_by_dtype.get(e.dtype, ([], 0))
+        n = math.prod(e.shape)
+        if members and (numel + n > groups.MAX_GROUP_NUMEL or len(members) == groups.MAX_MEMBERS):
+            out.append(members)
+            members, numel = [], 0
+        members.append(i)
+        open_by_dtype[e.dtype] = (members, numel + n)
+    out += [members for members, _ in open_by_dtype.values()]
+    return sorted(out)
+
+
+def _group_record(
+    fin: io.BufferedIOBase, header: Header, members: list[int], src: Path, steps: int | None, max_tables: int
+) -> tuple[bytes, list[bytearray]]:
+    """The record of ``members`` (§2.4) and their original bytes, read from the file."""
+    entries = [header.entries[i] for i in members]
+    datas = [read_range(fin, header.data_start + e.begin, e.nbytes, str(src)) for e in entries]
+    layout = spec.LAYOUT_BY_NAME[entries[0].dtype]
+    words = np.concatenate([_words(e, d) for e, d in zip(entries, datas, strict=True)])
+    ct = compress_words(words, layout, (words.size,), steps=steps, max_tables=max_tables)
+    return groups.GroupRecord.build([e.shape for e in entries], ct), datas
+
+
 def _compress_file(
     src: Path, dst: Path, rel: str, report: CheckpointReport, bar: tqdm, steps: int | None, max_tables: int = 0
 ) -> None:
     header = read_header(src)
     n = len(header.entries)
+    # small tensors coded together where that pays: decided first (each group coded once here and again
+    # when written, so that only one group's bytes are held at a time), for the header's room
+    stored_as: dict[int, tuple[int, int, int]] = {}  # tensor -> (its group's first tensor, its place, record length)
+    group_of: dict[int, list[int]] = {}  # a group's first tensor -> its members
+    with src.open("rb") as fin:
+        for members in _plan_groups(header):
+            record, datas = _group_record(fin, header, members, src, steps, max_tables)
+            if len(record) + groups.MARK_BYTES * (len(members) - 1) < sum(len(d) for d in datas):
+                group_of[members[0]] = members
+                for k, i in enumerate(members):
+                    stored_as[i] = (members[0], k, len(record))
     # the header's room, reserved before the tensors are read: a blob is stored only when smaller than the
     # tensor, so its length has at most the tensor's digits and no offset exceeds the original data size
-    planned: list[tuple[str, str, int | tuple[int, ...]]] = [
-        (e.name, "U8", (e.nbytes,)) if _should_encode(e) else (e.name, e.dtype, e.shape) for e in header.entries
-    ]
+    planned: list[tuple[str, str, int | tuple[int, ...]]] = []
+    for i, e in enumerate(header.entries):
+        if i in stored_as:
+            first, _, length = stored_as[i]
+            planned.append((e.name, "U8", (length if i == first else groups.MARK_BYTES,)))
+        else:
+            planned.append((e.name, "U8", (e.nbytes,)) if _should_encode(e) else (e.name, e.dtype, e.shape))
     recipe = header_recipe(header)
     meta = {
         spec.META_VERSION: str(spec.FORMAT_VERSION),
@@ -258,23 +310,38 @@ def _compress_file(
         meta[spec.META_ORIGINAL_HEADER] = _b64(zlib.compress(header.raw, 9))
     bits = bytearray((n + 7) // 8)
     crcs = bytearray()
+    record_crc: dict[int, int] = {}  # a group's first tensor -> its record's checksum
     with src.open("rb") as fin, dst.open("wb") as fout:
         writer = StreamingWriter(fout, planned, meta, where=str(src), max_offset=header.data_size)
         for i, e in enumerate(header.entries):
             data = read_range(fin, header.data_start + e.begin, e.nbytes, str(src))
             stored: bytes | bytearray = data
             crc = None
-            if _should_encode(e):
+            if i in stored_as:
+                first, place, length = stored_as[i]
+                if i == first:
+                    stored, _ = _group_record(fin, header, group_of[first], src, steps, max_tables)
+                    if len(stored) != length:
+                        raise AssertionError(f"{src}: tensor {e.name!r}: a group coded twice differs")
+                    record_crc[first] = int.from_bytes(stored[4:8], "little")
+                else:
+                    stored = groups.mark(record_crc[first], place)
+                bits[i >> 3] |= 1 << (i & 7)
+            elif _should_encode(e):
                 layout = spec.LAYOUT_BY_NAME[e.dtype]
                 ct = compress_words(_words(e, data), layout, e.shape, steps=steps, max_tables=max_tables)
                 crc = ct.data_crc32  # a v2 blob's: CRC-32C of the original bytes
-                if ct.nbytes < len(data):
-                    stored = ct.to_bytes()
+                blob = ct.packed_bytes() if ct.numel <= spec.PACK_MAX_NUMEL else ct.to_bytes()
+                if len(blob) < len(data):
+                    stored = blob
                     bits[i >> 3] |= 1 << (i & 7)
             crcs += (_core.crc32c(data) if crc is None else crc).to_bytes(4, "little")
             is_blob = stored is not data
             writer.add(e.name, "U8" if is_blob else e.dtype, (len(stored),) if is_blob else e.shape, stored)
-            report.tensors.append(TensorReport(rel, e.name, e.dtype, e.shape, e.nbytes, len(stored), is_blob))
+            grouped = i in stored_as
+            report.tensors.append(
+                TensorReport(rel, e.name, e.dtype, e.shape, e.nbytes, len(stored), is_blob and not grouped, grouped)
+            )
             bar.update(e.nbytes)
         crcs += _core.crc32c(header.raw).to_bytes(4, "little")
         writer.finish({**meta, spec.META_BLOBS: _b64(bytes(bits)), spec.META_CRCS: _b64(bytes(crcs))})
@@ -531,6 +598,14 @@ class CompressedFile:
     original: Header
     encoded: frozenset[str]
     crcs: dict[str, int] | None = None  # by name, CRC-32C of each tensor's original bytes (none in older files)
+    records: dict[str, groups.GroupRecord] = field(default_factory=dict)  # by its group's first tensor (v4)
+    members: dict[str, tuple[str, int]] = field(default_factory=dict)  # tensor -> (its record's tensor, place)
+
+    def member_layout(self, name: str) -> tuple[str, tuple[int, ...]]:
+        """The original dtype and shape of a tensor stored in a group."""
+        first, place = self.members[name]
+        record = self.records[first]
+        return record.layout.name, record.shapes[place]
 
 
 def open_compressed(path: Path) -> CompressedFile:
@@ -545,9 +620,14 @@ def open_compressed(path: Path) -> CompressedFile:
             f"(it reads versions {', '.join(map(str, spec.READ_VERSIONS))}); upgrade floatzip"
         )
     crcs: dict[str, int] | None
-    if meta[spec.META_VERSION] == "3":
-        encoded, crcs, header_crc = _v3_tensors(header, path)
-        original_raw = _v3_original_header(header, encoded, path)
+    records: dict[str, groups.GroupRecord] = {}
+    members: dict[str, tuple[str, int]] = {}
+    if meta[spec.META_VERSION] in ("3", "4"):
+        flagged, crcs, header_crc = _v3_tensors(header, path)
+        encoded = flagged
+        if meta[spec.META_VERSION] == "4":
+            encoded, records, members = _v4_groups(header, flagged, path)
+        original_raw = _v3_original_header(header, encoded, records, members, path)
         if _core.crc32c(original_raw) != header_crc:  # names, order, dtypes, shapes: what a checksum of bytes misses
             raise IntegrityError(
                 f"{path}: the original header does not match its checksum (tensors renamed, reordered or retyped)"
@@ -568,12 +648,14 @@ def open_compressed(path: Path) -> CompressedFile:
         raise FormatError(f"{path}: its tensors differ from the original header's")
     for name, e in ours.items():
         o = theirs[name]
+        if name in members:
+            continue  # its dtype and shape came from its record
         if name in encoded:
             if e.dtype != "U8" or len(e.shape) != 1 or o.dtype not in spec.LAYOUT_BY_NAME:
                 raise FormatError(f"{path}: tensor {name!r} is listed as encoded but is not a blob")
         elif (e.dtype, e.shape) != (o.dtype, o.shape):
             raise FormatError(f"{path}: tensor {name!r} differs from the original header")
-    return CompressedFile(path, header, original, encoded, crcs)
+    return CompressedFile(path, header, original, encoded, crcs, records, members)
 
 
 def _stored_original_header(header: Header, path: Path) -> bytes:
@@ -618,22 +700,98 @@ def _v3_tensors(header: Header, path: Path) -> tuple[frozenset[str], dict[str, i
 
 
 def _blob_dtype_shape(f: io.BufferedIOBase, header: Header, e: Entry, path: Path) -> tuple[str, tuple[int, ...]]:
-    """The original dtype and shape a blob records in its header (docs/FORMAT.md §1.4), checked."""
-    fixed = spec.V2_HEADER_FIXED
-    head = read_range(f, header.data_start + e.begin, min(e.nbytes, fixed + 8 * spec.MAX_NDIM), str(path))
-    where = f"{path}: tensor {e.name!r}"
-    if len(head) < fixed or head[:4] != spec.BLOB_MAGIC or head[4:6] != spec.BLOB_VERSION.to_bytes(2, "little"):
-        raise FormatError(f"{where}: not a version {spec.BLOB_VERSION} floatzip blob")
-    layout, ndim = spec.LAYOUT_BY_CODE.get(head[6]), head[7]
-    if layout is None or ndim > spec.MAX_NDIM or len(head) < fixed + 8 * ndim:
-        raise FormatError(f"{where}: bad blob header (dtype or shape)")
-    shape = tuple(int.from_bytes(head[fixed + 8 * i : fixed + 8 * i + 8], "little") for i in range(ndim))
-    if any(d > 1 << 62 for d in shape) or math.prod(shape) > 1 << 62:
-        raise FormatError(f"{where}: bad blob header (a shape of too many elements)")
+    """The original dtype and shape a blob records in its header (docs/FORMAT.md §1.4, §2.3), checked."""
+    head = read_range(f, header.data_start + e.begin, min(e.nbytes, HEAD_BYTES), str(path))
+    layout, shape, _ = blob_head(head, f"{path}: tensor {e.name!r}")
     return layout.name, shape
 
 
-def _v3_original_header(header: Header, encoded: frozenset[str], path: Path) -> bytes:
+def _v4_groups(
+    header: Header, flagged: frozenset[str], path: Path
+) -> tuple[frozenset[str], dict[str, groups.GroupRecord], dict[str, tuple[str, int]]]:
+    """A version 4 file's flagged tensors sorted into blobs, group records and members (§2.4), every record
+    parsed and every member mark resolved: each place of each record taken by exactly one tensor."""
+    blobs: set[str] = set()
+    records: dict[str, groups.GroupRecord] = {}
+    members: dict[str, tuple[str, int]] = {}
+    latest: dict[int, str] = {}  # record checksum -> the latest record so far with it (marks follow theirs)
+    with path.open("rb") as f:
+        for e in header.entries:
+            if e.name not in flagged:
+                continue
+            where = f"{path}: tensor {e.name!r}"
+            if e.dtype != "U8" or len(e.shape) != 1:
+                raise FormatError(f"{where}: marked as floatzip's but not stored as bytes (U8, one dimension)")
+            head = read_range(f, header.data_start + e.begin, min(e.nbytes, 4), str(path))
+            what = groups.kind(head)
+            if what == "blob":
+                blobs.add(e.name)
+            elif what == "record":
+                if e.nbytes > groups.MAX_RECORD_BYTES:  # read whole below: bounded first
+                    raise FormatError(f"{where}: a group record of {e.nbytes} bytes, over {groups.MAX_RECORD_BYTES}")
+                record = groups.GroupRecord.from_bytes(read_range(f, header.data_start + e.begin, e.nbytes, str(path)),
+                                                       where)  # fmt: skip
+                records[e.name] = record
+                members[e.name] = (e.name, 0)
+                latest[record.crc] = e.name
+            elif what == "mark":
+                mark = read_range(f, header.data_start + e.begin, min(e.nbytes, groups.MARK_BYTES + 1), str(path))
+                crc, place = groups.read_mark(mark, where)
+                first = latest.get(crc)
+                if first is None or place >= len(records[first].shapes):
+                    raise FormatError(f"{where}: a group member mark names no earlier group record's member")
+                members[e.name] = (first, place)
+            else:
+                raise FormatError(f"{where}: marked as floatzip's but is no blob, group record or member mark")
+    taken = {(first, place) for first, place in members.values()}
+    if len(taken) != len(members) or len(taken) != sum(len(r.shapes) for r in records.values()):
+        raise FormatError(f"{path}: bad group records (a member missing or stored twice)")
+    return frozenset(blobs), records, members
+
+
+def member_words(cf: CompressedFile, first: str) -> dict[str, np.ndarray]:
+    """The members of the group record stored as ``first``, decoded, each checked against its checksum: by
+    tensor name, flat words of the dtype's width."""
+    record = cf.records[first]
+    words = np.empty(record.blob.numel, dtype=np.dtype(f"<u{record.layout.nbytes}"))
+    where = f"{cf.path}: tensor {first!r} (group record)"
+    try:
+        decode_words(record.blob, words, verify=True)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{where} {exc}") from None
+    parts = record.split(words)
+    out: dict[str, np.ndarray] = {}
+    for name, (f, place) in cf.members.items():
+        if f != first:
+            continue
+        out[name] = parts[place]
+        if cf.crcs is None or _core.crc32c(parts[place]) != cf.crcs[name]:
+            raise IntegrityError(
+                f"{cf.path}: tensor {name!r}: checksum mismatch (corrupt, or stored under the wrong name)"
+            )
+    return out
+
+
+def member_tensors(cf: CompressedFile) -> dict[str, torch.Tensor]:
+    """Every tensor of ``cf`` stored in a group, decoded and checked, in its original dtype and shape."""
+    import torch
+
+    out: dict[str, torch.Tensor] = {}
+    for first in cf.records:
+        for name, words in member_words(cf, first).items():
+            dtype, shape = cf.member_layout(name)
+            layout = spec.LAYOUT_BY_NAME[dtype]
+            out[name] = torch.from_numpy(words.copy()).view(layout.torch_dtype).reshape(shape)
+    return out
+
+
+def _v3_original_header(
+    header: Header,
+    encoded: frozenset[str],
+    records: dict[str, groups.GroupRecord],
+    members: dict[str, tuple[str, int]],
+    path: Path,
+) -> bytes:
     """A version 3 file's original header: rebuilt from its own (blobs' dtypes and shapes from the blobs'
     headers) and the stored recipe, or stored whole where the writer could not rebuild it."""
     meta = header.metadata
@@ -646,7 +804,13 @@ def _v3_original_header(header: Header, encoded: frozenset[str], path: Path) -> 
     tensors: list[tuple[str, str, tuple[int, ...]]] = []
     with path.open("rb") as f:
         for e in header.entries:
-            dtype, shape = _blob_dtype_shape(f, header, e, path) if e.name in encoded else (e.dtype, e.shape)
+            if e.name in members:
+                first, place = members[e.name]
+                dtype, shape = records[first].layout.name, records[first].shapes[place]
+            elif e.name in encoded:
+                dtype, shape = _blob_dtype_shape(f, header, e, path)
+            else:
+                dtype, shape = e.dtype, e.shape
             tensors.append((e.name, dtype, shape))
     return rebuild_header(tensors, recipe)
 
@@ -697,14 +861,15 @@ def check_stored_tensors(cf: CompressedFile, f: io.BufferedIOBase) -> None:
     What a loader runs before it uses the file; nothing to check in files written before the checksums."""
     if cf.crcs is None:
         return
+    for first in cf.records:  # small, and checkable only decoded
+        member_words(cf, first)
     for e in cf.header.entries:
         where = f"{cf.path}: tensor {e.name!r}"
+        if e.name in cf.members:
+            continue
         if e.name in cf.encoded:
-            head = read_range(f, cf.header.data_start + e.begin, min(e.nbytes, spec.V2_HEADER_FIXED), str(cf.path))
-            version = spec.BLOB_VERSION.to_bytes(2, "little")
-            if len(head) < spec.V2_HEADER_FIXED or head[:4] != spec.BLOB_MAGIC or head[4:6] != version:
-                raise FormatError(f"{where}: not a version {spec.BLOB_VERSION} floatzip blob")
-            crc = int.from_bytes(head[48:52], "little")
+            head = read_range(f, cf.header.data_start + e.begin, min(e.nbytes, HEAD_BYTES), str(cf.path))
+            _, _, crc = blob_head(head, where)
         else:
             crc = _core.crc32c(read_range(f, cf.header.data_start + e.begin, e.nbytes, str(cf.path)))
         if crc != cf.crcs[e.name]:
@@ -733,7 +898,8 @@ def read_compressed_file(path: str | Path) -> dict[str, CompressedTensor | torch
         check_stored_tensors(cf, f)
         for name in cf.encoded:
             out[name] = read_blob(cf, f, name)
-    plain = [n for n in cf.header.by_name() if n not in cf.encoded]
+    out.update(member_tensors(cf))
+    plain = [n for n in cf.header.by_name() if n not in cf.encoded and n not in cf.members]
     if plain:
         try:
             with safe_open(str(path), framework="pt") as st:
@@ -748,12 +914,18 @@ def _original_stream(cf: CompressedFile, check_crc: bool) -> Iterator[bytes | by
     """The original file's bytes, piece by piece: length, header, then each tensor in data order."""
     yield len(cf.original.raw).to_bytes(8, "little") + cf.original.raw
     ours = cf.header.by_name()
+    pending: dict[str, np.ndarray] = {}  # decoded members of the groups met so far, until each is yielded
     with cf.path.open("rb") as f:
         for o in cf.original.entries:
             wrong = IntegrityError(
                 f"{cf.path}: tensor {o.name!r}: checksum mismatch (corrupt, or stored under the wrong name)"
             )
-            if o.name in cf.encoded:
+            if o.name in cf.members:
+                first, _ = cf.members[o.name]
+                if o.name == first:
+                    pending.update(member_words(cf, first))  # checked, each member, against its checksum
+                yield memoryview(pending.pop(o.name).view(np.uint8).data)
+            elif o.name in cf.encoded:
                 ct = read_blob(cf, f, o.name)
                 if cf.crcs is not None and ct.data_crc32 != cf.crcs[o.name]:
                     raise wrong
@@ -934,6 +1106,8 @@ __all__ = [
     "compress_checkpoint",
     "decompress_checkpoint",
     "is_floatzip_checkpoint",
+    "member_tensors",
+    "member_words",
     "open_compressed",
     "read_blob",
     "read_compressed_file",

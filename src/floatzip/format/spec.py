@@ -11,11 +11,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-FORMAT_VERSION = 3  # what this floatzip writes
-READ_VERSIONS = (1, 2, 3)  # what it reads
-BLOB_VERSION = 2  # the tensor record a version 2 or 3 checkpoint holds (version 3 changed the container only)
+FORMAT_VERSION = 4  # what this floatzip writes
+READ_VERSIONS = (1, 2, 3, 4)  # what it reads
+BLOB_VERSION = 2  # the tensor record a version 2, 3 or 4 checkpoint holds (3 and 4 changed the container only)
 BLOB_READ_VERSIONS = (1, 2)  # the tensor records it reads
 BLOB_MAGIC = b"FZtn"
+PACKED_MAGIC = b"FZpk"  # a version 2 blob without its padding and fixed-width fields (docs/FORMAT.md §2.3)
+PACKED_FIXED = 24  # bytes of a packed blob's header before its varints
+# A checkpoint writes a blob packed when its tensor has at most this many elements (docs/FORMAT.md §2.3)
+PACK_MAX_NUMEL = 1 << 16
 MAX_CODE_LEN = 16
 MAX_SYMBOL_BITS = 12  # exponent + joined mantissa bits
 ALIGN = 16

@@ -103,7 +103,7 @@ class FloatzipDiffusersQuantizer(LoadingMixin, DiffusersQuantizer):
     ) -> bool:  # fmt: skip
         return (
             bool(self.pre_quantized)
-            and (param_name in self.candidates or param_name in self.buffers)
+            and (param_name in self.candidates or param_name in self.buffers or self.groups_arrive(param_name))
             and is_blob(param_value)
         )
 
@@ -116,6 +116,13 @@ class FloatzipDiffusersQuantizer(LoadingMixin, DiffusersQuantizer):
         module_path, _, attr = param_name.rpartition(".")
         module = model.get_submodule(module_path) if module_path else model
         device = torch.device(target_device if not isinstance(target_device, int) else f"cuda:{target_device}")
+        member = self.member_slot(param_name, param_value.to(device))  # a small tensor, coded in a group
+        if member is not None:
+            if attr in module._buffers:
+                module._buffers[attr] = member
+                return torch.nn.Parameter(member, requires_grad=False)
+            module._parameters[attr] = param = torch.nn.Parameter(member, requires_grad=False)
+            return param
         if param_name in self.buffers:
             module._buffers[attr] = self.decoded_buffer(param_name, param_value.to(device))
             return torch.nn.Parameter(module._buffers[attr], requires_grad=False)

@@ -23,16 +23,17 @@ import torch
 
 from floatzip.codec.encode import compress_tensor
 from floatzip.errors import FloatzipError, FormatError, InputError, VersionError
-from floatzip.format import spec
+from floatzip.format import groups, spec
 from floatzip.format.blob import CompressedTensor
-from floatzip.format.checkpoint import check_stored_tensors, open_compressed
+from floatzip.format.checkpoint import CompressedFile, check_stored_tensors, member_tensors, open_compressed
 from floatzip.format.safetensors_io import read_header
 from floatzip.runtime import blocks
 
 DEFAULT_RATIO = 0.7  # bytes of a blob per original byte, when the checkpoint's headers do not tell
-# the versions a model runs from: both hold v2 blobs, which the block runtime decodes (version 3 changed only
-# what a file keeps to restore the original, docs/FORMAT.md §2.2); version 1 checkpoints restore, not load
-LOADABLE_VERSIONS = (2, 3)
+# the versions a model runs from: all hold v2 blobs, which the block runtime decodes (versions 3 and 4 changed
+# only the container: what a file keeps to restore the original, and small blobs packed, docs/FORMAT.md §2.2,
+# §2.3); version 1 checkpoints restore, not load
+LOADABLE_VERSIONS = (2, 3, 4)
 
 
 def checked_format_version(version: int | str) -> int:
@@ -61,6 +62,8 @@ class LoadingMixin:
     source: str
     upcast: dict[str, torch.dtype]
     buffers: dict[str, tuple[tuple[int, ...], torch.dtype]]
+    small: set[str]
+    member_values: dict[tuple[int, int], torch.Tensor]
 
     def init_loading(self) -> None:
         self.expected = {}
@@ -71,15 +74,22 @@ class LoadingMixin:
         self.source = "checkpoint"
         self.upcast = {}  # parameter -> the dtype the framework keeps it in (diffusers' fp32 modules)
         self.buffers = {}  # float buffers saved with the weights (SD3's position table): decoded as they load
+        self.small = set()  # float parameters too small for a blob: they may arrive as group members (§2.4)
+        self.member_values = {}  # (group record checksum, place) -> the member, decoded and checked
 
     def record_model(self, model: torch.nn.Module) -> None:
         for name, p in model.named_parameters(remove_duplicate=False):
             self.expected[name] = (tuple(p.shape), p.dtype)
             if spec.layout_for(p.dtype) is not None and p.numel() >= spec.MIN_ENCODED_NUMEL:
                 self.candidates.add(name)
+            elif spec.layout_for(p.dtype) is not None:
+                self.small.add(name)
         for name, b in model.named_buffers(remove_duplicate=False):
             if spec.layout_for(b.dtype) is not None and b.numel() >= spec.MIN_ENCODED_NUMEL:
                 self.buffers[name] = (tuple(b.shape), b.dtype)
+            elif spec.layout_for(b.dtype) is not None:  # a float buffer saved with the weights (BatchNorm's)
+                self.small.add(name)
+                self.expected[name] = (tuple(b.shape), b.dtype)
 
     def decoded_buffer(self, name: str, blob: torch.Tensor) -> torch.Tensor:
         """A float buffer stored as a blob, decoded (and checked) as it arrives, in the dtype the model has."""
@@ -106,6 +116,7 @@ class LoadingMixin:
                 with path.open("rb") as fh:
                     check_stored_tensors(cf, fh)
                 encoded = cf.encoded
+                self._keep_members(cf)
             self.encoded.update(encoded)
             for e in header.entries:
                 if e.name in encoded:
@@ -117,11 +128,74 @@ class LoadingMixin:
             if original_bytes and blob_bytes:
                 self.ratio = min(1.0, blob_bytes / original_bytes)
 
+    def _keep_members(self, cf: CompressedFile) -> None:
+        """Decode the group records of ``cf`` (small: a few small tensors each), for the members' slots."""
+        for name, value in member_tensors(cf).items():
+            first, place = cf.members[name]
+            key = (cf.records[first].crc, place)
+            known = self.member_values.get(key)
+            if known is not None and not (known.dtype == value.dtype and torch.equal(known, value)):
+                raise FormatError(f"{cf.path}: two different group records share the checksum {key[0]:#010x}")
+            self.member_values[key] = value
+
+    def groups_arrive(self, name: str) -> bool:
+        """Whether the parameter ``name`` may arrive as a group record or member mark (not its own shape)."""
+        return bool(self.member_values) and name in self.small
+
+    def member_value(self, t: torch.Tensor, where: str) -> torch.Tensor | None:
+        """The decoded member a group record or member mark ``t`` stands for; None when ``t`` is neither."""
+        if not (is_blob(t) and t.numel() >= groups.MARK_BYTES):
+            return None
+        head = t[: groups.MARK_BYTES].detach().cpu().numpy().tobytes()
+        what = groups.kind(head)
+        if what == "record":
+            key = (int.from_bytes(head[4:8], "little"), 0)
+        elif what == "mark" and t.numel() == groups.MARK_BYTES:
+            key = groups.read_mark(head, where)
+        else:
+            return None
+        value = self.member_values.get(key)
+        if value is None:
+            raise FormatError(f"{where}: names a group record that the checkpoint's files do not hold")
+        return value
+
+    def member_slot(self, name: str, t: torch.Tensor) -> torch.Tensor | None:
+        """What the small parameter or buffer ``name`` holds when ``t``, as it arrived, is a group record or
+        member mark: the member, decoded and checked, in the model's dtype and on ``t``'s device; else None."""
+        where = f"{self.source}: tensor {name!r}"
+        value = self.member_value(t, where) if name in self.small else None
+        if value is None:
+            return None
+        shape, dtype = self.expected[name]
+        if tuple(value.shape) != shape:
+            raise FormatError(f"{where}: holds shape {list(value.shape)}, the model needs {list(shape)}")
+        return value.to(device=t.device, dtype=dtype)
+
+    def fill_members(self, model: torch.nn.Module) -> None:
+        """Put each small parameter or buffer that arrived as a group record or member mark in its decoded form."""
+        if not self.member_values:
+            return
+        filled: dict[int, torch.Tensor | None] = {}  # by the arrived tensor: a tied parameter stays one
+        slots = [*((n, p, "_parameters") for n, p in model.named_parameters(remove_duplicate=False)),
+                 *((n, b, "_buffers") for n, b in model.named_buffers(remove_duplicate=False))]  # fmt: skip
+        for name, t, table in slots:
+            if name not in self.small or t.dtype != torch.uint8:
+                continue
+            if id(t) not in filled:
+                value = self.member_slot(name, t)
+                filled[id(t)] = value if value is None or table == "_buffers" else torch.nn.Parameter(value, False)
+            value = filled[id(t)]
+            if value is not None:
+                module_path, _, attr = name.rpartition(".")
+                module = model.get_submodule(module_path) if module_path else model
+                getattr(module, table)[attr] = value
+
     def install_runtime(
         self, model: torch.nn.Module, *, device: torch.device | None, backend: str, offload: bool, fused: bool = False
     ) -> None:
         if self.errors:
             raise self.errors[0]
+        self.fill_members(model)
         compressed = self.compressed_params(model)
         if compressed:
             blocks.install(model, compressed, device=device, backend=backend, offload=offload, fused=fused)

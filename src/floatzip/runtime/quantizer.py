@@ -28,9 +28,9 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from floatzip.decode import decompress_tensor
-from floatzip.errors import FloatzipError, InputError
+from floatzip.errors import FloatzipError, FormatError, InputError
 from floatzip.format import spec
-from floatzip.format.blob import CompressedTensor
+from floatzip.format.blob import HEAD_BYTES, CompressedTensor, blob_head
 from floatzip.runtime import _df11_guard, blocks
 from floatzip.runtime.loading import LoadingMixin, checked_format_version
 from floatzip.runtime.loading import is_blob as _is_blob
@@ -84,15 +84,19 @@ def _decode_blob(t: torch.Tensor, where: str) -> torch.Tensor:
 
 def _header_guess(t: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype] | None:
     """Shape and dtype named by a blob's fixed header, if they look sane (only used for placeholders)."""
-    head = t[: spec.V2_HEADER_FIXED + 8 * spec.MAX_NDIM].detach().cpu().numpy().tobytes()
-    if len(head) < spec.V2_HEADER_FIXED:
+    head = t[:HEAD_BYTES].detach().cpu().numpy().tobytes()
+    if len(head) < spec.V1_HEADER_FIXED:
         return None
-    fixed = spec.V2_HEADER_FIXED if head[4] == 2 else spec.V1_HEADER_FIXED
-    layout = spec.LAYOUT_BY_CODE.get(head[6])
-    ndim = head[7]
-    if layout is None or ndim > spec.MAX_NDIM or len(head) < fixed + 8 * ndim:
-        return None
-    shape = struct.unpack_from(f"<{ndim}Q", head, fixed)
+    if head[4] != 1:  # version 2, or packed
+        try:
+            layout, shape, _ = blob_head(head, "blob")
+        except FormatError:
+            return None
+    else:
+        v1, ndim = spec.LAYOUT_BY_CODE.get(head[6]), head[7]
+        if v1 is None or ndim > spec.MAX_NDIM or len(head) < spec.V1_HEADER_FIXED + 8 * ndim:
+            return None
+        layout, shape = v1, struct.unpack_from(f"<{ndim}Q", head, spec.V1_HEADER_FIXED)
     # a real blob holds at least a bit per weight: a header claiming far more weights than its bytes could
     # is corrupt, and its shape must not size even a placeholder (a 32 GiB one was once attempted)
     if math.prod(shape) > 8 * t.numel():
@@ -144,7 +148,8 @@ def _op_classes() -> tuple[type, type]:
                             f"for {full_layer_name}"
                         )
                         try:
-                            out[key].append(_decode_blob(t, where))
+                            member = self._quantizer.member_value(t, where)
+                            out[key].append(member.to(t.device) if member is not None else _decode_blob(t, where))
                         except FloatzipError as exc:
                             # transformers would log the error, skip the weight, then fail with a generic
                             # RuntimeError: record floatzip's error instead (the quantizer raises it once
@@ -201,11 +206,50 @@ class FloatzipHfQuantizer(LoadingMixin, HfQuantizer):
     ) -> torch.nn.Module:
         self.record_model(model)
         self.read_checkpoints(checkpoint_files or [])
+        self._shield_init(model)
         return model
+
+    def _shield_init(self, model: torch.nn.Module) -> None:
+        """transformers runs every module's ``_init_weights`` once loading ends; it skips the tensors that were
+        loaded, but some read a shape first (ResNet's fan-in of a Linear weight), which a blob, group record or
+        member mark does not have. While it runs, each stands aside for an empty meta tensor of the
+        parameter's shape and dtype, marked loaded."""
+        from transformers import PreTrainedModel
+
+        prefixes = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        for sub in model.modules():
+            if isinstance(sub, PreTrainedModel):
+                sub.__dict__["_init_weights"] = self._shielded(sub._init_weights, prefixes)
+
+    def _shielded(self, init: Any, prefixes: dict[int, str]) -> Any:
+        def shielded(module: torch.nn.Module) -> Any:
+            prefix = prefixes.get(id(module), "")
+            aside: list[tuple[dict[str, Any], str, torch.Tensor]] = []
+            tables: tuple[dict[str, Any], ...] = (module._parameters, module._buffers)
+            for table in tables:
+                for attr, t in list(table.items()):
+                    name = f"{prefix}.{attr}" if prefix else attr
+                    wanted = self.expected.get(name)
+                    if t is None or not _is_blob(t) or wanted is None or wanted[1] == torch.uint8:
+                        continue
+                    stand: torch.Tensor = torch.empty(wanted[0], dtype=wanted[1], device="meta")
+                    if table is module._parameters:
+                        stand = torch.nn.Parameter(stand, requires_grad=False)
+                    stand._is_hf_initialized = True  # type: ignore[attr-defined]
+                    aside.append((table, attr, t))
+                    table[attr] = stand
+            try:
+                return init(module)
+            finally:
+                for table, attr, t in aside:
+                    table[attr] = t
+
+        return shielded
 
     def param_needs_quantization(self, model: torch.nn.Module, param_name: str, **kwargs: Any) -> bool:
         # True lets a blob (U8, 1-D) take the place of a float parameter of another shape
-        return bool(self.pre_quantized) and param_name in self.candidates
+        # and a group record or member mark that of a small parameter (docs/FORMAT.md §2.4)
+        return bool(self.pre_quantized) and (param_name in self.candidates or self.groups_arrive(param_name))
 
     def param_element_size(self, model: torch.nn.Module, param_name: str, param: torch.Tensor) -> float:
         if param_name in self.candidates:
@@ -226,6 +270,8 @@ class FloatzipHfQuantizer(LoadingMixin, HfQuantizer):
 
     # -- after loading -------------------------------------------------------------------
     def _process_model_after_weight_loading(self, model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
+        for sub in model.modules():
+            sub.__dict__.pop("_init_weights", None)  # the model's own again (see _shield_init)
         cfg = self.quantization_config
         self.install_runtime(model, device=self.target_device, backend=cfg.backend, offload=cfg.offload,
                              fused=cfg.fused)  # fmt: skip

@@ -62,7 +62,7 @@ from floatzip.decode import decompress_tensor
 from floatzip.errors import FormatError, InputError, IntegrityError
 from floatzip.format import spec
 from floatzip.format.blob import CompressedTensor
-from floatzip.format.checkpoint import CompressedFile, open_compressed
+from floatzip.format.checkpoint import CompressedFile, member_tensors, open_compressed
 from floatzip.format.safetensors_io import Entry, read_header
 from floatzip.format.spec import align
 from floatzip.runtime import blocks, ops
@@ -504,16 +504,22 @@ class _CheckpointIndex:
     def __init__(self, files: Iterable[CompressedFile]) -> None:
         self.files: dict[str, CompressedFile] = {}
         self.original: dict[str, Entry] = {}  # by name, the tensor's entry in its file's original header
+        self.members: dict[str, torch.Tensor] = {}  # small tensors coded in groups, decoded and checked
         for cf in files:
             for e in cf.original.entries:
                 self.files[e.name] = cf
                 self.original[e.name] = e
+            self.members.update(member_tensors(cf))
 
     def restore(self, name: str, t: torch.Tensor) -> torch.Tensor:
         cf = self.files.get(name)
         if cf is None:
             return t
         where = f"{cf.path}: tensor {name!r}"
+        if name in cf.members:
+            if not is_blob(t):
+                raise FormatError(f"{where}: stored in a group but is not its record or mark")
+            return self.members[name]
         if name in cf.encoded:
             if not is_blob(t):
                 raise FormatError(f"{where}: listed as encoded but is not a blob")

@@ -110,16 +110,20 @@ def test_corrupt_blob_refused(vllm_env, files: tuple[Path, Path], tmp_path: Path
         dict(layers.floatzip_stream(bad))
 
 
-def test_corrupt_plain_tensor_refused(vllm_env, files: tuple[Path, Path], tmp_path: Path) -> None:
+def test_corrupt_small_tensor_refused(vllm_env, files: tuple[Path, Path], tmp_path: Path) -> None:
+    """The biases are coded together in a group record (docs/FORMAT.md §2.4): a flipped byte in it is refused
+    before the stream yields anything."""
     from floatzip.errors import IntegrityError
-    from floatzip.format.safetensors_io import read_header
+    from floatzip.format.checkpoint import open_compressed
 
+    cf = open_compressed(files[1])
+    assert cf.members["col.bias"][0] in cf.records
     bad = tmp_path / "model.safetensors"
     data = bytearray(files[1].read_bytes())
-    e = read_header(files[1]).by_name()["col.bias"]
-    data[read_header(files[1]).data_start + e.begin] ^= 0x01
+    e = cf.header.by_name()[cf.members["col.bias"][0]]
+    data[cf.header.data_start + e.begin + e.nbytes - 2] ^= 0x01
     bad.write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match=r"'col\.bias': checksum mismatch"):
+    with pytest.raises(IntegrityError, match=r"checksum mismatch"):
         dict(layers.floatzip_stream(bad))
 
 
@@ -221,9 +225,11 @@ def test_whole_llama_through_get_model(vllm_env, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["column", "row", "replicated", "merged", "qkv"])
 def test_whole_parts_kept_as_stored(vllm_env, files: tuple[Path, Path], name: str) -> None:
     """At TP=1 a layer keeps each stored blob as it is (not decoded into a staging tensor and coded again):
-    the bytes it holds are the file's own."""
+    the bytes it holds are the file's own (a small tensor's blob is stored packed, docs/FORMAT.md §2.3, and
+    held as the version 2 blob it stands for, byte for byte)."""
     from safetensors import safe_open
 
+    from floatzip.format import packed, spec
     from floatzip.runtime.vllm_plugin import FloatzipVllmConfig
 
     case = next(c for c in layers.cases() if c.name == name)
@@ -233,6 +239,7 @@ def test_whole_parts_kept_as_stored(vllm_env, files: tuple[Path, Path], name: st
     assert not slot.staged and slot.packed is not None
     with safe_open(str(files[1]), framework="pt") as f:
         stored = [f.get_tensor(n).numpy().tobytes() for n, p, _ in case.parts if p == "weight"]
+    stored = [packed.unpack(b) if b[:4] == spec.PACKED_MAGIC else b for b in stored]
     assert [ct.to_bytes() for ct in slot.packed.cts] == stored
 
 
