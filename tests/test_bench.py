@@ -71,3 +71,26 @@ def test_the_many_tiny_set_is_a_small_checkpoint_of_real_values() -> None:
     flat = torch.cat([t.reshape(-1) for _, t in source]).view(torch.int16)
     first = tiny[0][1].reshape(-1).view(torch.int16)
     assert torch.equal(first, flat[: first.numel()])  # cut in order from MiniLM's weights
+
+
+def test_entropy_bounds_sit_below_the_ratio_and_in_order(quick: dict) -> None:
+    fz = quick["datasets"][0]["results"]["floatzip"]
+    b = fz["bounds"]
+    # conditioning never raises an empirical entropy, and no prefix code beats its tile's entropy
+    assert b["per_tile"] <= b["order0"] and b["row_scale"] <= b["order0"]
+    assert b["per_tile"] < fz["ratio"]
+    assert "entropy bounds" in format_results(quick)
+
+
+def test_entropy_bounds_of_known_tensors() -> None:
+    from floatzip.bench import entropy_bounds
+    from floatzip.codec.encode import compress_tensor
+
+    # half the rows +-1, half +-4: two exponents equally often (1 bit a symbol in order 0, one tile), none once
+    # the rows are grouped by scale; the signs and low mantissa bits are raw
+    signs = torch.where(torch.arange(128) % 3 == 0, -1.0, 1.0)
+    t = torch.cat([signs.repeat(64, 1), 4 * signs.repeat(64, 1)]).to(torch.bfloat16)
+    ct = compress_tensor(t)
+    (b,) = [entropy_bounds([("t", t)], [ct.to_bytes()])]
+    r = ct.raw_bits
+    assert b == {"order0": round((1 + r) / 16, 5), "per_tile": round((1 + r) / 16, 5), "row_scale": round(r / 16, 5)}
