@@ -17,7 +17,13 @@ from floatzip.decode import decode_words
 from floatzip.errors import InputError
 from floatzip.format import spec
 from floatzip.format.blob import CompressedTensor
-from floatzip.format.checkpoint import is_floatzip_checkpoint, member_words, open_compressed, read_blob
+from floatzip.format.checkpoint import (
+    CompressedFile,
+    is_floatzip_checkpoint,
+    member_words,
+    open_compressed,
+    read_blob,
+)
 from floatzip.format.safetensors_io import Entry, iter_files, not_safetensors_hint, read_header, read_range
 
 
@@ -175,15 +181,17 @@ def _inspect_file(f: Path, rel: str, compressed: bool, stats: list[TensorStats],
         cf = open_compressed(f)
         ours = cf.header.by_name()
         members: dict[str, np.ndarray] = {}
+        share = _group_shares(cf)
         with f.open("rb") as fh:
             for o in cf.original.entries:
                 e = ours[o.name]
-                if o.name in cf.members:  # a group's first tensor holds the record; the others 12 bytes each
+                if o.name in cf.members:
                     first, _ = cf.members[o.name]
                     if o.name == first:
                         members = member_words(cf, first)
-                    part = _stats(rel, o.name, o.dtype, o.shape, o.nbytes, e.nbytes, None, members[o.name], hist)
-                    stats.append(dataclasses.replace(part, encoded=True, split={"groups of small tensors": e.nbytes}))
+                    part = _stats(rel, o.name, o.dtype, o.shape, o.nbytes, share[o.name], None, members[o.name], hist)
+                    split = {"groups of small tensors": share[o.name]}
+                    stats.append(dataclasses.replace(part, encoded=True, split=split))
                 elif o.name in cf.encoded:
                     ct = read_blob(cf, fh, o.name)
                     words = np.empty(ct.numel, dtype=np.dtype(f"<u{ct.layout.nbytes}"))
@@ -221,6 +229,21 @@ def _would_store(
         ct = compress_words(words, layout, tuple(shape))
         stored = min(ct.nbytes, len(data))
     return _stats(rel, name, dtype, shape, len(data), stored, ct, words, hist)
+
+
+def _group_shares(cf: CompressedFile) -> dict[str, int]:
+    """Each group member's share of its group's stored bytes (the record, in the first member's slot, and the
+    others' marks), in proportion to its original bytes; the shares of a group add up to its bytes exactly."""
+    ours, theirs = cf.header.by_name(), cf.original.by_name()
+    out: dict[str, int] = {}
+    for first in cf.records:
+        names = [n for n, (f, _) in cf.members.items() if f == first]
+        stored = sum(ours[n].nbytes for n in names)
+        original = sum(theirs[n].nbytes for n in names)
+        for n in names:
+            out[n] = stored * theirs[n].nbytes // original
+        out[names[0]] += stored - sum(out[n] for n in names)
+    return out
 
 
 def _plain_words(fh: io.BufferedIOBase, start: int, e: Entry, where: str) -> np.ndarray | None:
