@@ -7,9 +7,10 @@ overwritten with edge integers, truncation, extension, splices from another inpu
 recomputes the blob checksum so that the mutation reaches the parser's structure checks and the decoders
 behind them. Case kinds, in turn:
 
-* ``v2``: a format v2 blob (BF16, F16, F32, F8 E4M3 / E5M2; 1 to 20 000 elements) parsed, then decoded by
-  the compiled core (whole tensor, checked against its data CRC) and tile range by tile range;
-* ``packed``: one of those blobs in its packed form (docs/FORMAT.md §2.3), mutated, rebuilt and parsed,
+* ``v2``: a format v2 blob (BF16, F16, F32, F8 E4M3 / E5M2; 1 to 20 000 elements), or a version 3 one (F32
+  with one or two coded low byte planes), parsed, then decoded by the compiled core (whole tensor, checked
+  against its data CRC) and tile range by tile range;
+* ``packed``: a version 2 blob in its packed form (docs/FORMAT.md §2.3), mutated, rebuilt and parsed,
   then decoded as a ``v2`` case;
 * ``kernel``: the same, laid out as a GPU decode batch and decoded by the CUDA kernel's own per-lane code
   on the CPU (floatzip.decode.cuda.emulate), as the runtime's GPU path does;
@@ -128,6 +129,14 @@ def sound_blobs(rng: np.random.Generator) -> list[tuple[bytes, bytes]]:
             t.view(torch.uint8)[: min(n, 8)] = 0xFF
         steps = int(rng.choice([8, 16, 64, 256]))
         ct = compress_tensor(t, steps=steps)
+        out.append((ct.to_bytes(), t.view(torch.uint8).numpy().tobytes()))
+    # version 3: F32 whose low 16 bits take few values (a cast from BF16 plus a skewed low byte), 1 or 2 planes
+    for i in range(6):
+        n = int(rng.choice([1, 33, 511, 5000, 20_000]))
+        t = (torch.randn(n, generator=g) * 0.02).to(torch.bfloat16).float()
+        low = torch.clamp(torch.empty(n).geometric_(0.3, generator=g), max=255).to(torch.int32)
+        t = (t.view(torch.int32) | low << (8 * (i % 2))).view(torch.float32)
+        ct = compress_tensor(t, steps=int(rng.choice([8, 16, 64])), planes=1 + i % 2)
         out.append((ct.to_bytes(), t.view(torch.uint8).numpy().tobytes()))
     return out
 
@@ -266,8 +275,8 @@ def case_v2(blob: bytearray, original: bytes, tail: bool, rng: np.random.Generat
     out = guarded_empty(ct.numel * item, np.dtype(f"<u{item}"), tail=tail)
     decode_words(ct, out)
     if out.view(np.uint8).tobytes() != original:
-        raise Silent("a v2 blob decoded, checksum and all, to bytes other than the original")
-    if ct.version == 2 and ct.numel:
+        raise Silent("a v2/v3 blob decoded, checksum and all, to bytes other than the original")
+    if ct.tiled and ct.numel:
         n_tiles = int(ct.v2["n_tiles"])
         first = int(rng.integers(0, n_tiles + 1))
         count = int(rng.integers(0, n_tiles - first + 1))
@@ -400,7 +409,8 @@ def worker(wid: int, args: argparse.Namespace, start: int, current: Any, results
     v1 = _v1_blobs()
     from floatzip.format.blob import CompressedTensor
 
-    packed_blobs = [(CompressedTensor.from_bytes(b).packed_bytes(), o) for b, o in blobs]
+    parsed = [(CompressedTensor.from_bytes(b), o) for b, o in blobs]
+    packed_blobs = [(ct.packed_bytes(), o) for ct, o in parsed if ct.version == 2]  # version 3 is never packed
     every = [b for b, _ in blobs] + [b for b, _ in v1] + [b for b, _ in packed_blobs]
     tmp = Path(tempfile.mkdtemp(prefix=f"floatzip-fuzz-{wid}-"))
     try:

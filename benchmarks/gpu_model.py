@@ -58,6 +58,7 @@ class Loop:
     by_op: dict[str, int]
     by_pipe: dict[str, float]
     cold: int  # instructions of the out-of-line paths inside the loop (not counted above)
+    stored: int = 0  # bytes each lane stores per iteration (its STGs' widths): elements x the dtype's size
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Kernel:
     warps_per_sm: int
     loop: Loop | None
     per_symbol: dict[str, float] = field(default_factory=dict)
+    per_element: dict[str, float] = field(default_factory=dict)  # per decoded element (from the loop's stores)
     estimate: dict[str, float] = field(default_factory=dict)
 
 
@@ -160,7 +162,17 @@ def main_loop(ins: list[tuple[int, str]]) -> Loop | None:
     cold = sum(len(b) for b in blocks if any(opcode(t) == "CALL" for _, t in b))
     ops = collections.Counter(opcode(t) for t in hot)
     symbols = ops.get("LDS", 0)
-    return Loop("", len(hot), symbols, dict(ops.most_common()), count_pipes(hot), cold)
+    stored = sum(store_bytes(t) for t in hot if opcode(t) == "STG")
+    return Loop("", len(hot), symbols, dict(ops.most_common()), count_pipes(hot), cold, stored)
+
+
+def store_bytes(text: str) -> int:
+    """Bytes one lane's STG writes (STG.E: 4, .U8: 1, .U16: 2, .64: 8, .128: 16)."""
+    mods = text.split()[0].split(".")[1:] if not text.startswith("@") else text.split()[1].split(".")[1:]
+    for m, n in (("128", 16), ("64", 8), ("U16", 2), ("S16", 2), ("U8", 1), ("S8", 1)):
+        if m in mods:
+            return n
+    return 4
 
 
 def occupancy(registers: int, smem: int, threads: int = 128) -> int:
@@ -172,7 +184,7 @@ def occupancy(registers: int, smem: int, threads: int = 128) -> int:
     return min(64, by_regs // warps_per_block * warps_per_block, by_smem, 32 * warps_per_block)
 
 
-def estimate(loop: Loop, out_bytes_per_symbol: int) -> tuple[dict[str, float], dict[str, float]]:
+def estimate(loop: Loop, out_bytes_per_symbol: float) -> tuple[dict[str, float], dict[str, float]]:
     n = loop.symbols
     per = {
         "instructions": loop.instructions / n,
@@ -221,7 +233,17 @@ def analyse(arch: str, sass_dir: Path | None) -> dict[str, object]:
         if loop is not None and loop.symbols:
             loop.kernel = expr
             bits = int(expr.split("<")[1].split(",")[0])
-            k.per_symbol, k.estimate = estimate(loop, bits // 8)
+            # a symbol is one table lookup (LDS); an F32 element with coded low planes takes 1 + planes of them,
+            # and a long code's second decode more: the output per lookup is what the loop stores over its LDSs
+            out_per_symbol = loop.stored / loop.symbols if loop.stored else bits // 8
+            k.per_symbol, k.estimate = estimate(loop, out_per_symbol)
+            if loop.stored:
+                elements = loop.stored / (bits // 8)
+                k.per_element = {"instructions": loop.instructions / elements,
+                                 "alu": loop.by_pipe.get("alu", 0) / elements,
+                                 "fma": loop.by_pipe.get("fma", 0) / elements,
+                                 "mio": loop.by_pipe.get("mio", 0) / elements,
+                                 "lookups": loop.symbols / elements}  # fmt: skip
         kernels.append(k)
     # the decoder of real BF16 weights: raw width 4 (k = 4: MiniLM's split), codes up to 16 bits
     main = next(k for k in kernels if k.name == _nvrtc.decode_kernel_name(16, 4, True))
@@ -254,14 +276,15 @@ def analyse(arch: str, sass_dir: Path | None) -> dict[str, object]:
 def table(doc: dict[str, object]) -> str:
     lines = [f"decode kernels, {doc['arch']} (NVRTC {doc['nvrtc']}): per decoded symbol on the hot path",
              f"{'kernel':<36} {'regs':>4} {'warps':>5} {'spill':>5} {'instr':>6} {'ALU':>5} {'FMA':>5} {'MIO':>5} "
-             f"{'bound':>6} {'H100 TB/s':>9} {'H200 TB/s':>9}"]  # fmt: skip
+             f"{'bound':>6} {'H100 TB/s':>9} {'H200 TB/s':>9} {'instr/elem':>10}"]  # fmt: skip
     for k in doc["kernels"]:  # type: ignore[attr-defined]
         p, e = k["per_symbol"], k["estimate"]
         if not p:
             continue
         lines.append(f"{k['name']:<36} {k['registers']:>4} {k['warps_per_sm']:>5} {k['spills']:>5} "
                      f"{p['instructions']:>6.2f} {p['alu']:>5.2f} {p['fma']:>5.2f} {p['mio']:>5.2f} {e['bound_by']:>6} "
-                     f"{e['est_tbps_h100']:>9.2f} {e['est_tbps_h200']:>9.2f}")  # fmt: skip
+                     f"{e['est_tbps_h100']:>9.2f} {e['est_tbps_h200']:>9.2f} "
+                     f"{k['per_element'].get('instructions', float('nan')):>10.2f}")  # fmt: skip
     d = doc["decode"]
     lines.append(f"main (BF16, raw width 4, 16-bit codes): {d['instructions_per_symbol']} instructions per symbol, "  # type: ignore[index]
                  f"estimate {d['est_tbps_h100']} TB/s on an H100 (compute bound {d['compute_tbps_h100']}), "  # type: ignore[index]

@@ -30,16 +30,18 @@ def compress(
     max_code_len: int = 16,
     threads: int = 0,
     max_tables: int = 0,
+    planes: int = -1,
 ) -> bytes:
     """
-    Encode a tensor's words as a v2 blob.
+    Encode a tensor's words as a v2 blob (v3 with coded low planes).
 
-    max_tables: at most this many code tables (0: the
-    encoder's choice of up to 16; 1: one code for the tensor).
+    max_tables: at most this many code
+    tables (0: the encoder's choice of up to 16; 1: one code for the tensor). planes (F32): the low byte
+    planes to code, -1: the encoder's choice by coded size.
     """
 
 def parse(blob: object, check_crc: bool = True) -> dict:
-    """Parse and validate a v2 blob."""
+    """Parse and validate a v2 or v3 blob."""
 
 def decode(
     blob: object, out: object, threads: int = 0, check_blob_crc: bool = False, check_data_crc: bool = True
@@ -81,6 +83,15 @@ def tables(lengths: object, shift: int, bits: int) -> tuple:
     """
     Decode tables (primary, long patterns, limits, offsets, max length) for one code.
     """
+
+def plane_table(lengths: object) -> bytes:
+    """
+    The decode table (4096 entries (byte << 8) | length) of one low plane's code.
+    """
+
+MAX_PLANES: int = 2
+
+PLANE_MAX_LEN: int = 12
 
 def lane_starts(blob: object, tile: int) -> tuple:
     """Start and end bit of each lane of a tile."""
@@ -132,8 +143,11 @@ def validate_batch(
     long_at: object,
     out_bytes: int,
     bits: int,
+    planes: int = 0,
 ) -> None:
-    """Check every index a decode batch's kernel reads by."""
+    """
+    Check every index a decode batch's kernel reads by (planes: the F32 kernel's coded low planes).
+    """
 
 def decode_batch_host(
     jobs: object,
@@ -153,7 +167,8 @@ def decode_batch_host(
     threads: int = 0,
 ) -> None:
     """
-    Decode a batch's arrays on the CPU exactly as the decode kernel does on the GPU.
+    Decode a batch's arrays on the CPU exactly as the decode kernel does on the GPU (r: the raw width of a
+    16-bit kernel, the coded low planes of the F32 one).
     """
 
 GEMV_MAX_BATCH: int = 8

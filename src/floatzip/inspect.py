@@ -60,7 +60,7 @@ fixed header (with padding); or the whole tensor, stored unchanged."""
 
 
 def _split(ct: CompressedTensor | None, stored: int) -> dict[str, int]:
-    if ct is None or ct.version != 2 or stored >= ct.original_nbytes:
+    if ct is None or not ct.tiled or stored >= ct.original_nbytes:
         return {"plain tensors": stored}
     info = ct.v2
     coded, raw = 4 * int(info["code_words"]), 4 * int(info["raw_words"])

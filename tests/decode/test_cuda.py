@@ -127,7 +127,9 @@ def test_every_kernel_compiles_offline_without_spills(compiled: _nvrtc.Compiled)
     for expr, mangled in compiled.names.items():
         r = res[mangled]
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0 and r["stack"] == 0, (expr, r)
-        assert r["registers"] <= 96 and r["smem"] == 4 << 12, (expr, r)
+        # the code's primary table; the F32 kernels with coded low planes (their R) hold 16-bit plane tables too
+        planes = int(expr.split(",")[1].strip().rstrip("u")) if expr.startswith("fz::decode_kernel<32,") else 0
+        assert r["registers"] <= 96 and r["smem"] == (4 << 12) + planes * (2 << 12), (expr, r)
     assert compiled.cubin[:4] == b"\x7fELF"
 
 

@@ -190,3 +190,32 @@ def test_a_record_or_mark_too_large_is_refused_before_it_is_read(
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(body))
     with pytest.raises(FormatError, match="not a floatzip group member mark"):
         open_compressed(path)
+
+
+def test_a_group_of_f32_members_may_be_a_version_3_blob_and_is_never_packed(tmp_path: Path) -> None:
+    # F32 tensors cast up from BF16: their two low mantissa bytes are zero, which blob version 3 codes (§1.7);
+    # a version 3 blob has no packed form (§2.3), so the record holds it whole
+    from tests.codec.test_low_planes import low_plane_f32
+
+    g = torch.Generator().manual_seed(3)
+    tensors = {f"l{i}.norm.weight": low_plane_f32(1024, g, "cast") for i in range(8)}
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    compress_checkpoint(src, tmp_path / "c")
+    cf = open_compressed(tmp_path / "c" / "model.safetensors")
+    assert sorted(cf.records) == ["l0.norm.weight"] and len(cf.members) == 8
+    record = cf.header.by_name()["l0.norm.weight"]
+    with open(cf.path, "rb") as f:
+        f.seek(cf.header.data_start + record.begin)
+        body = f.read(record.nbytes)
+    at = body.find(spec.BLOB_MAGIC)
+    assert at > 0 and body[at + 4 : at + 6] == b"\x03\x00" and spec.PACKED_MAGIC not in body
+    # the BF16 half codes to about two thirds of 16 bits and the zero planes to almost nothing: about a third in all
+    # (a version 2 blob, which stores 24 of the 32 bits raw, would be above four fifths)
+    assert record.nbytes < 0.4 * sum(t.nbytes for t in tensors.values())
+    got = read_compressed_file(tmp_path / "c" / "model.safetensors")
+    for name, t in tensors.items():
+        assert torch.equal(got[name].view(torch.int32), t.view(torch.int32)), name
+    decompress_checkpoint(tmp_path / "c", tmp_path / "back")
+    assert digests(tmp_path / "back") == digests(src)

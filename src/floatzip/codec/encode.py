@@ -1,5 +1,6 @@
-"""Encode one float tensor (format v2): the compiled core picks the symbol split, builds the code and packs
-the tiles; this module checks the input and wraps the blob."""
+"""Encode one float tensor (format v2; v3 for an F32 tensor whose low byte planes are worth coding): the
+compiled core picks the symbol split, the tables and the planes, builds the codes and packs the tiles; this
+module checks the input and wraps the blob."""
 
 from __future__ import annotations
 
@@ -44,11 +45,13 @@ def compress_words(
     max_code_len: int = MAX_CODE_LEN,
     threads: int = 0,
     max_tables: int = 0,
+    planes: int | None = None,
 ) -> CompressedTensor:
     """Code the words of a float tensor (flat, its dtype's width) of the given shape.
 
     ``max_tables`` caps the code tables (docs/FORMAT.md §1.2): 0 lets the encoder keep up to 16 where they
-    make the blob smaller, 1 codes the whole tensor with one table.
+    make the blob smaller, 1 codes the whole tensor with one table. ``planes`` (F32 only, §1.7): the low
+    mantissa byte planes to code (0, 1 or 2; a version 3 blob above 0); None lets the encoder choose by size.
     """
     steps = layout.default_steps if steps is None else steps
     if not 8 <= steps <= MAX_STEPS or steps % 8:
@@ -57,7 +60,10 @@ def compress_words(
         raise InputError(f"max_code_len must be from 1 to {MAX_CODE_LEN}")
     if not 0 <= max_tables <= 16:
         raise InputError("max_tables must be from 0 (the encoder's choice) to 16")
-    blob = _core.compress(words, layout.code, list(shape), steps, max_code_len, threads, max_tables)
+    if planes is not None and not (0 <= planes <= 2 and (planes == 0 or layout.name == "F32")):
+        raise InputError(f"planes must be None (the encoder's choice), 0, or 1 or 2 for F32; not {planes}")
+    blob = _core.compress(words, layout.code, list(shape), steps, max_code_len, threads, max_tables,
+                          -1 if planes is None else planes)  # fmt: skip
     return CompressedTensor.from_bytes(blob, check_crc=False)
 
 
@@ -68,6 +74,7 @@ def compress_tensor(
     max_code_len: int = MAX_CODE_LEN,
     threads: int = 0,
     max_tables: int = 0,
+    planes: int | None = None,
 ) -> CompressedTensor:
     """Code a float tensor losslessly. The input is never modified.
 
@@ -91,4 +98,5 @@ def compress_tensor(
         max_code_len=max_code_len,
         threads=threads,
         max_tables=max_tables,
+        planes=planes,
     )

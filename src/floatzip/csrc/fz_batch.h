@@ -17,14 +17,20 @@ struct TileDesc {  // 48 bytes
   u32 lanes;       // lane base length | delta width << 27
   u32 full_steps;  // steps every lane decodes
   u32 tail;        // elements after the full steps
-  u32 shift;       // low mantissa bits kept raw
+  u32 shift;       // mantissa bits below the symbol, | coded low planes << 8 (F32, blob version 3)
 };
+
+FZ_HD u32 tile_shift(const TileDesc& d) { return d.shift & 255u; }
+FZ_HD u32 tile_planes(const TileDesc& d) { return d.shift >> 8; }
+// Bits of a tile's raw fields: the sign and the mantissa bits between the planes and the symbol.
+FZ_HD u32 tile_raw_bits(const TileDesc& d) { return tile_shift(d) + 1 - 8 * tile_planes(d); }
 
 struct JobDesc {   // 16 bytes: one block's work
   u32 first_tile;  // tiles [first_tile, first_tile + n_tiles), all of one code
   u32 n_tiles;     // 1..WARPS
   u32 code;        // index of their code (primary table, long codes)
-  u32 unused;
+  u32 planes_at;   // F32 with coded planes: the slot of `primaries` (4096 words) holding the code's plane
+                   // tables, 4096 16-bit entries each, in lane order (fz_lane.h's Code::planes); else 0
 };
 
 // The delta of `lane` (width bits, LSB-first, lane after lane, from the tile's first delta word).
@@ -36,7 +42,9 @@ FZ_HD u32 lane_delta(const TileDesc& d, const u32* deltas, u32 lane) {
   return u32(two >> o) & ((1u << width) - 1);
 }
 
-// The lane's job, given its delta and the sum of the deltas of the lanes before it.
+// The lane's job, given its delta and the sum of the deltas of the lanes before it. P: the tile's coded low
+// planes, fixed by the kernel (validate_batch checks that every tile of a launch has that many).
+template <u32 P = 0>
 FZ_HD LaneJob tile_lane_job(const TileDesc& d, const u32* codes, u64 last_code_word, const u32* raw, u32 lane,
                             u32 delta, u32 before, u32 group) {
   const u32 base = d.lanes & ((1u << 27) - 1);
@@ -47,18 +55,20 @@ FZ_HD LaneJob tile_lane_job(const TileDesc& d, const u32* codes, u64 last_code_w
   job.end = job.start + base + delta;
   job.raw = raw + d.raw_word + lane;
   job.raw_stride = 32;
-  const u64 lane_words = (u64(d.full_steps) * group * (d.shift + 1) + 31) / 32;
+  const u32 shift = P ? tile_shift(d) : d.shift;  // without planes, d.shift is the shift alone
+  const u64 lane_words = (u64(d.full_steps) * group * (shift + 1 - 8 * P) + 31) / 32;
   job.tail_raw = raw + d.raw_word + 32 * lane_words;
   job.full_steps = d.full_steps;
   const int extra = int(d.tail) - int(group * lane);
   job.tail_count = extra <= 0 ? 0 : (extra > int(group) ? group : u32(extra));
   job.tail_first = u64(lane) * group;
-  job.shift = d.shift;
+  job.shift = shift;
   return job;
 }
 
-// One lane of a batch tile, for the kernel's specialisation (BITS, R, LONG). Returns whether the lane
-// ended exactly at its end bit.
+// One lane of a batch tile, for the kernel's specialisation (BITS, R, LONG): R is the raw width for the
+// 16-bit dtypes (0: any), the number of coded low planes for F32. Returns whether the lane ended exactly at
+// its end bit.
 template <int BITS, u32 R, bool LONG>
 FZ_HD bool batch_lane(const LaneJob& job, const Code& code, u8* out, const TileDesc& d, u32 lane) {
   constexpr u32 item = BITS / 8, group = 16 / item;
@@ -72,6 +82,9 @@ FZ_HD bool batch_lane(const LaneJob& job, const Code& code, u8* out, const TileD
   } else if constexpr (BITS == 16) {
     return decode_lane_any<u16, LONG>(job, code, group, reinterpret_cast<u16*>(lane_out), 32 * group,
                                       reinterpret_cast<u16*>(tail_out));
+  } else if constexpr (BITS == 32 && R != 0) {
+    return decode_lane_planes<R, LONG>(job, code, reinterpret_cast<u32*>(lane_out), 32 * group,
+                                       reinterpret_cast<u32*>(tail_out));
   } else if constexpr (BITS == 32) {
     return decode_lane_any<u32, LONG>(job, code, group, reinterpret_cast<u32*>(lane_out), 32 * group,
                                       reinterpret_cast<u32*>(tail_out));

@@ -42,6 +42,11 @@ constexpr int PRIMARY_BITS = 12;   // bits of the first-level decode table's ind
 constexpr int MAX_CODE_LEN = 16;   // longest code the format allows
 constexpr int CODE_PAD_WORDS = 4;  // zero words after the code stream
 constexpr int RAW_PAD_WORDS = 2;   // zero words after the raw stream
+constexpr int MAX_PLANES = 2;      // F32's coded low mantissa byte planes (blob version 3)
+constexpr int PLANE_MAX_LEN = 12;  // longest code of a plane: one lookup in a 4096-entry table decodes it
+
+// The most code bits an element may take (a corrupt lane reads no further per element than this).
+FZ_HD constexpr u32 max_element_bits(u32 planes) { return u32(MAX_CODE_LEN) + planes * u32(PLANE_MAX_LEN); }
 
 // A primary-table entry: (pattern << 16) | length, or ENTRY_LONG for a prefix of a longer (or unassigned)
 // code. `pattern` is the symbol's bits in place in the output word (16-bit dtypes: the whole word with the
@@ -159,7 +164,7 @@ struct LaneJob {
   u64 full_steps;         // steps every lane of the tile decodes
   u32 tail_count;         // this lane's symbols after the full steps (0..group)
   u64 tail_first;         // index of its first tail symbol among the tile's tail fields
-  u32 shift;              // low mantissa bits kept raw
+  u32 shift;              // low mantissa bits below the symbol (raw, or raw and coded planes)
   u64 start, end;         // the lane's code bits
 };
 
@@ -167,6 +172,10 @@ struct Code {
   const u32* primary;      // 1 << PRIMARY_BITS entries
   const LongCodes* longc;  // used when LONG
   const u32* long_pattern;
+  // F32 with coded low planes (blob version 3): the table of each plane code of an element, in lane order
+  // (planes[0] decodes the code right after the symbol's). Entries (byte << 8) | length, 4096 of them over
+  // the next 12 bits; length 0 is an unassigned code.
+  const u16* planes[MAX_PLANES];
 };
 
 // The words of the dtype packed four bytes at a time (the output of one step is 16 bytes).
@@ -272,6 +281,97 @@ FZ_HD bool decode_lane_any(const LaneJob& job, const Code& code, u32 group, W* o
     tail_out[k] = W(assemble(e, raw_field_at(job.tail_raw, job.tail_first + k, r), shift, bits));
   }
   return rd.bit() == job.end;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// F32 with P coded low mantissa byte planes (blob version 3, FORMAT.md §1.7). An element's codes are its
+// symbol's, then one per plane from the higher plane down (P = 2: bits 8..15, then bits 0..7; P = 1: bits
+// 0..7); its raw field holds the sign and the mantissa bits between the planes and the symbol. The window is
+// refilled after every second code: two codes of at most 16 bits each fit the reader's invariant.
+
+// A plane code: its byte (in the low 8 bits), the reader moved past it.
+FZ_HD u32 plane_code(CodeReader& rd, const u16* table) {
+  const u32 e = table[rd.peek16() >> (16 - PRIMARY_BITS)];
+  rd.skip(e & 15u);
+  return e >> 8;
+}
+
+// A symbol's long code, out of line (rare: the hot loop pays one test for it).
+FZ_COLD u32 long_entry(Code code, u32 v) { return decode_long(*code.longc, code.long_pattern, v); }
+
+template <bool LONG>
+FZ_HD u32 symbol_code(CodeReader& rd, const Code& code) {
+  const u32 v = rd.peek16();
+  u32 e = code.primary[v >> (16 - PRIMARY_BITS)];
+  if (LONG && (e & ENTRY_LONG)) e = long_entry(code, v);
+  rd.skip(e & ENTRY_LEN_MASK);
+  return e;
+}
+
+// The output word from the symbol's entry, the raw field (sign above `mid` mantissa bits) and the planes' bits.
+template <u32 P>
+FZ_HD u32 assemble_planes(u32 entry, u32 field, u32 mid, u32 low) {
+  return (entry & 0xFFFF0000u) | ((field >> mid) << 31) | ((field & ((1u << mid) - 1)) << (8 * P)) | low;
+}
+
+// One element: its codes, refilling after every second code of the lane (`n` counts them; after unrolling a
+// step's loop it is a constant), or after every code with EVERY. Returns the planes' bits in place.
+template <u32 P, bool LONG, bool EVERY>
+FZ_HD u32 element_codes(CodeReader& rd, const Code& code, const LaneJob& job, u32& n, u32& entry) {
+  entry = symbol_code<LONG>(rd, code);
+  if (EVERY || ++n % 2 == 0) rd.refill(job.codes, job.last_code_word);
+  u32 low = 0;
+FZ_UNROLL
+  for (u32 q = 0; q < P; ++q) {
+    low = (low << 8) | plane_code(rd, code.planes[q]);
+    if (EVERY || ++n % 2 == 0) rd.refill(job.codes, job.last_code_word);
+  }
+  return low;
+}
+
+// One lane's state through its elements: the kernel runs one per thread (decode_lane_planes); the CPU core
+// interleaves a few lanes' steps so that their dependent chains (peek, lookup, skip) overlap.
+template <u32 P, bool LONG>
+struct PlaneLane {
+  CodeReader rd;
+  RawReader rr;
+  u32 mid, r;
+
+  FZ_HD void init(const LaneJob& job) {
+    rd.init(job.codes, job.start);
+    rr.init(job.raw, job.raw_stride);
+    mid = job.shift - 8 * P;
+    r = mid + 1;
+  }
+  // Full step j: 4 elements, 4 (1 + P) codes (an even count: every step starts just after a refill).
+  FZ_HD void step(const LaneJob& job, const Code& code, u32* out) {
+    u32 n = 0;
+    u32 o[4];
+FZ_UNROLL
+    for (u32 k = 0; k < 4; ++k) {
+      u32 e;
+      const u32 low = element_codes<P, LONG, false>(rd, code, job, n, e);
+      o[k] = assemble_planes<P>(e, rr.get(r), mid, low);
+    }
+    store16(out, o[0], o[1], o[2], o[3]);  // the step's 16 bytes (16-aligned on the GPU)
+  }
+  // The lane's tail after its full steps; whether it ended exactly at its end bit.
+  FZ_HD bool finish(const LaneJob& job, const Code& code, u32* tail_out) {
+    for (u32 k = 0; k < job.tail_count; ++k) {
+      u32 e, n = 0;
+      const u32 low = element_codes<P, LONG, true>(rd, code, job, n, e);
+      tail_out[k] = assemble_planes<P>(e, raw_field_at(job.tail_raw, job.tail_first + k, r), mid, low);
+    }
+    return rd.bit() == job.end;
+  }
+};
+
+template <u32 P, bool LONG>
+FZ_HD bool decode_lane_planes(const LaneJob& job, const Code& code, u32* out, u64 step_stride, u32* tail_out) {
+  PlaneLane<P, LONG> lane;
+  lane.init(job);
+  for (u64 j = 0; j < job.full_steps; ++j) lane.step(job, code, out + j * step_stride);
+  return lane.finish(job, code, tail_out);
 }
 
 // ---------------------------------------------------------------------------------------------------

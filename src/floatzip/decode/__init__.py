@@ -82,7 +82,7 @@ def decompress_tensor(
     else:
         target = torch.device(device) if device is not None else torch.device("cpu")
     if backend == "auto":
-        backend = "cuda" if target.type == "cuda" and ct.version == 2 else "cpu"
+        backend = "cuda" if target.type == "cuda" and ct.tiled else "cpu"
     if backend == "cuda":
         from floatzip.decode import cuda as cuda_backend
 

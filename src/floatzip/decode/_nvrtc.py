@@ -145,16 +145,18 @@ def kernel_source() -> str:
     return (csrc_dir() / SOURCE).read_text()
 
 
-def decode_kernel_name(bits: int, raw_bits: int, long_codes: bool) -> str:
-    """The decode kernel for an output width, a raw field width (16-bit dtypes) and long codes."""
-    r = raw_bits if bits == 16 else 0
+def decode_kernel_name(bits: int, raw_bits: int, long_codes: bool, planes: int = 0) -> str:
+    """The decode kernel for an output width, a raw field width (16-bit dtypes), long codes and, for F32, the
+    coded low planes (its compile-time variant R, docs/FORMAT.md §1.7)."""
+    r = raw_bits if bits == 16 else planes if bits == 32 else 0
     return f"fz::decode_kernel<{bits}, {r}u, {'true' if long_codes else 'false'}>"
 
 
 def decode_kernel_names() -> list[str]:
-    """Every specialisation of the decode kernel: BF16/F16 for each raw width, F32, F8; long codes or not."""
-    combos = [(16, r) for r in range(4, 12)] + [(32, 0), (8, 0)]
-    return [decode_kernel_name(bits, r, long) for bits, r in combos for long in (False, True)]
+    """Every specialisation of the decode kernel: BF16/F16 for each raw width, F32 with 0-2 coded low planes,
+    F8; long codes or not."""
+    combos = [(16, r, 0) for r in range(4, 12)] + [(32, 0, p) for p in range(3)] + [(8, 0, 0)]
+    return [decode_kernel_name(bits, r, long, p) for bits, r, p in combos for long in (False, True)]
 
 
 # registers: ptxas otherwise caps some specialisations at 40 and spills around the out-of-line slow path

@@ -1,6 +1,6 @@
-"""The CPU decoder: the compiled core (src/floatzip/csrc), format v1 and v2, on every core.
+"""The CPU decoder: the compiled core (src/floatzip/csrc), format v1, v2 and v3, on every core.
 
-The core re-parses a v2 blob before decoding (cheap, and nothing it indexes by comes from anywhere else),
+The core re-parses a v2/v3 blob before decoding (cheap, and nothing it indexes by comes from anywhere else),
 bounds every read, and raises when a lane does not end exactly at its stored length or meets an
 unassigned code; ``verify`` adds the check of the decoded bytes against the stored checksum.
 """
@@ -20,7 +20,7 @@ def decode(ct: CompressedTensor, out: npt.NDArray[np.unsignedinteger], verify: b
     if ct.numel == 0:
         return
     try:
-        if ct.version == 2:
+        if ct.tiled:
             _core.decode(ct.buffer, out, 0, False, verify)
             return
         s = ct.v1
@@ -33,7 +33,7 @@ def decode(ct: CompressedTensor, out: npt.NDArray[np.unsignedinteger], verify: b
 
 
 def decode_tiles(ct: CompressedTensor, first: int, count: int, out: npt.NDArray[np.unsignedinteger]) -> None:
-    """Decode tiles ``[first, first + count)`` of a v2 record into ``out`` (their elements, flat)."""
+    """Decode tiles ``[first, first + count)`` of a v2 or v3 record into ``out`` (their elements, flat)."""
     try:
         _core.decode_tiles(ct.buffer, first, count, out)
     except (_core.FormatError, _core.IntegrityError) as exc:

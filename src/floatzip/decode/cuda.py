@@ -1,4 +1,4 @@
-"""GPU decoding of format v2 with floatzip's CUDA kernel (src/floatzip/csrc/fz_decode.cu, compiled by NVRTC).
+"""GPU decoding of format v2 and v3 with floatzip's CUDA kernel (src/floatzip/csrc/fz_decode.cu, compiled by NVRTC).
 
 Two levels:
 
@@ -46,7 +46,7 @@ TILE_DTYPE = np.dtype(
     [("code_bit", "<u8"), ("raw_word", "<u8"), ("out_byte", "<u8"), ("delta_word", "<u8"),
      ("lanes", "<u4"), ("full_steps", "<u4"), ("tail", "<u4"), ("shift", "<u4")]
 )  # fmt: skip
-JOB_DTYPE = np.dtype([("first_tile", "<u4"), ("n_tiles", "<u4"), ("code", "<u4"), ("unused", "<u4")])
+JOB_DTYPE = np.dtype([("first_tile", "<u4"), ("n_tiles", "<u4"), ("code", "<u4"), ("planes_at", "<u4")])
 assert TILE_DTYPE.itemsize == _core.TILE_DESC_BYTES and JOB_DTYPE.itemsize == _core.JOB_DESC_BYTES
 WARPS = int(_core.WARPS)
 ARRAYS = ("jobs", "tiles", "codes", "raw", "deltas", "primaries", "longcs", "long_patterns", "long_at")
@@ -57,14 +57,20 @@ class Launch:
     """One kernel launch of a batch: jobs [first_job, first_job + n_jobs) of one specialisation."""
 
     bits: int
-    raw_bits: int  # the specialisation's compile-time raw width (0: any)
+    raw_bits: int  # the specialisation's compile-time raw width (16-bit dtypes; 0: any)
     long_codes: bool
     first_job: int
     n_jobs: int
+    planes: int = 0  # F32: the coded low planes (docs/FORMAT.md §1.7), fixed at compile time
+
+    @property
+    def variant(self) -> int:
+        """The kernel's compile-time variant R: the raw width for 16 bits, the planes for 32."""
+        return self.planes if self.bits == 32 else self.raw_bits
 
     @property
     def kernel(self) -> str:
-        return _nvrtc.decode_kernel_name(self.bits, self.raw_bits, self.long_codes)
+        return _nvrtc.decode_kernel_name(self.bits, self.raw_bits, self.long_codes, self.planes)
 
 
 @dataclass(eq=False)
@@ -93,7 +99,7 @@ class HostBatch:
 
 
 def _tile_index(ct: CompressedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(tile_words, tile_lanes, first delta word of each tile) of a v2 record."""
+    """(tile_words, tile_lanes, first delta word of each tile) of a v2 or v3 record."""
     tile_words = ct.section("tile_words")
     tile_lanes = ct.section("tile_lanes")
     widths = (tile_lanes >> 27).astype(np.uint64)
@@ -102,28 +108,29 @@ def _tile_index(ct: CompressedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def host_batch(cts: Sequence[CompressedTensor], *, out_align: int = OUT_ALIGN) -> HostBatch:
-    """Lay ``cts`` (format v2 records) out as one decode batch in host memory."""
+    """Lay ``cts`` (format v2 or v3 records) out as one decode batch in host memory."""
     if out_align < 16 or out_align % 16:
         raise InputError(f"out_align must be a multiple of 16, not {out_align}")
     codes: list[np.ndarray] = []
     raws: list[np.ndarray] = []
     deltas: list[np.ndarray] = []
     primaries: list[np.ndarray] = []
+    plane_slots: list[np.ndarray] = []  # after the codes' primaries: each v3 table's plane tables, one slot
     longcs: list[bytes] = []
     long_patterns: list[np.ndarray] = []
     long_at: list[int] = []
     tiles: list[np.ndarray] = []
     tile_tensor: list[np.ndarray] = []
-    # per tile: (kernel key, code id) in tile order, to group into jobs
-    keys: list[tuple[tuple[int, int, bool], int, int]] = []
+    # per tile: (kernel key, code id, tensor, plane slot) in tile order, to group into jobs
+    keys: list[tuple[tuple[int, int, bool], int, int, int]] = []
     offsets: list[int] = []
     code_base = raw_base = delta_base = long_base = out_pos = 0
     n_codes = 0
-    max_lane = 0
+    max_lane_bits = 0  # the most code bits a corrupt lane can read
     for i, ct in enumerate(cts):
-        if ct.version != 2:
+        if not ct.tiled:
             raise BackendError(
-                f"the GPU decoder reads format v2 records, not v{ct.version}: compress the checkpoint again"
+                f"the GPU decoder reads format v2 and v3 records, not v{ct.version}: compress the checkpoint again"
             )
         out_pos = align(out_pos, out_align)
         offsets.append(out_pos)
@@ -133,12 +140,26 @@ def host_batch(cts: Sequence[CompressedTensor], *, out_align: int = OUT_ALIGN) -
         info = ct.v2
         bits, group = ct.layout.bits, ct.layout.group
         item = bits // 8
-        max_lane = max(max_lane, int(info["steps"]) * group)
+        planes = ct.planes
+        elem_bits = int(_core.MAX_CODE_LEN) + int(_core.PLANE_MAX_LEN) * planes
+        max_lane_bits = max(max_lane_bits, int(info["steps"]) * group * elem_bits)
         # the codes of each table
         nsym = 1 << ct.sym_bits
         lengths = np.frombuffer(info["lengths"], dtype=np.uint8)
-        ids = []
+        ids, slots = [], []
+        plane_lengths = np.frombuffer(info["plane_lengths"], dtype=np.uint8)
         for t in range(int(info["n_tables"])):
+            if planes:  # one slot of 4096 words: the table's plane tables (16-bit entries), in lane order
+                entries = np.zeros(2 * PRIMARY, dtype=np.uint16)
+                for q in range(planes):
+                    at = (t * planes + q) * 256
+                    entries[q * PRIMARY : (q + 1) * PRIMARY] = np.frombuffer(
+                        _core.plane_table(plane_lengths[at : at + 256]), dtype=np.uint16
+                    )
+                slots.append(len(plane_slots))
+                plane_slots.append(entries.view(np.uint32))
+            else:
+                slots.append(0)
             table = lengths[t * nsym : (t + 1) * nsym]
             primary, patterns, _limits, _offsets, _max = _core.tables(table, ct.shift, bits)
             primaries.append(np.frombuffer(primary, dtype=np.uint32))
@@ -164,7 +185,7 @@ def host_batch(cts: Sequence[CompressedTensor], *, out_align: int = OUT_ALIGN) -
         desc["lanes"] = tile_lanes
         desc["full_steps"] = m // (LANES * group)
         desc["tail"] = m % (LANES * group)
-        desc["shift"] = ct.shift
+        desc["shift"] = ct.shift | planes << 8
         tiles.append(desc)
         tile_tensor.append(np.full(n_tiles, i, dtype=np.int64))
         table_of = (
@@ -172,8 +193,12 @@ def host_batch(cts: Sequence[CompressedTensor], *, out_align: int = OUT_ALIGN) -
             if int(info["n_tables"]) > 1
             else np.zeros(n_tiles, dtype=np.uint8)
         )
-        key = (bits, ct.raw_bits if bits == 16 else 0, ct.max_code_len > int(_core.PRIMARY_BITS))
-        keys.extend((key, ids[int(table_of[t])], i) for t in range(n_tiles))
+        key = (
+            bits,
+            ct.raw_bits if bits == 16 else planes if bits == 32 else 0,
+            ct.max_code_len > int(_core.PRIMARY_BITS),
+        )
+        keys.extend((key, ids[int(table_of[t])], i, slots[int(table_of[t])]) for t in range(n_tiles))
         c = ct.section("codes")[: int(info["code_words"])]
         r = ct.section("raw")
         d = ct.section("deltas")
@@ -184,25 +209,26 @@ def host_batch(cts: Sequence[CompressedTensor], *, out_align: int = OUT_ALIGN) -
         raw_base += r.size
         delta_base += d.size
         out_pos += nbytes
-    # the code stream's padding: a corrupt lane reads at most 16 bits per symbol past its start
-    codes.append(np.zeros((16 * max_lane + 31) // 32 + 8, dtype=np.uint32))
+    # the code stream's padding: a corrupt lane reads at most 16 bits per symbol (and 12 per plane) past its start
+    codes.append(np.zeros((max_lane_bits + 31) // 32 + 8, dtype=np.uint32))
     # jobs: runs of up to WARPS consecutive tiles of one code, grouped by kernel
-    jobs_by_key: dict[tuple[int, int, bool], list[tuple[int, int, int]]] = {}
+    jobs_by_key: dict[tuple[int, int, bool], list[tuple[int, int, int, int]]] = {}
     t = 0
     while t < len(keys):
-        key, code, _ = keys[t]
+        key, code, _, slot = keys[t]
         n = 1
         while n < WARPS and t + n < len(keys) and keys[t + n][:2] == (key, code):
             n += 1
-        jobs_by_key.setdefault(key, []).append((t, n, code))
+        jobs_by_key.setdefault(key, []).append((t, n, code, slot))
         t += n
     jobs = np.zeros(sum(len(v) for v in jobs_by_key.values()), dtype=JOB_DTYPE)
     launches = []
     at = 0
-    for (bits, raw_bits, long_codes), js in jobs_by_key.items():
-        for k, (first, n, code) in enumerate(js):
-            jobs[at + k] = (first, n, code, 0)
-        launches.append(Launch(bits, raw_bits, long_codes, at, len(js)))
+    for (bits, variant, long_codes), js in jobs_by_key.items():
+        planes = variant if bits == 32 else 0
+        for k, (first, n, code, slot) in enumerate(js):
+            jobs[at + k] = (first, n, code, n_codes + slot if planes else 0)
+        launches.append(Launch(bits, variant if bits == 16 else 0, long_codes, at, len(js), planes))
         at += len(js)
     arrays = {
         "jobs": jobs,
@@ -210,7 +236,7 @@ def host_batch(cts: Sequence[CompressedTensor], *, out_align: int = OUT_ALIGN) -
         "codes": np.concatenate(codes),
         "raw": np.concatenate(raws) if raws else np.zeros(2, dtype=np.uint32),
         "deltas": np.concatenate(deltas) if deltas else np.zeros(0, dtype=np.uint32),
-        "primaries": np.concatenate(primaries) if primaries else np.zeros(0, dtype=np.uint32),
+        "primaries": np.concatenate(primaries + plane_slots) if primaries else np.zeros(0, dtype=np.uint32),
         "longcs": np.frombuffer(b"".join(longcs), dtype=np.uint8).copy(),
         "long_patterns": np.concatenate(long_patterns) if long_patterns else np.zeros(1, dtype=np.uint32),
         "long_at": np.array(long_at, dtype=np.uint64),
@@ -245,7 +271,7 @@ def _validate(hb: HostBatch) -> None:
         jobs = _aligned_copy(a["jobs"][launch.first_job : launch.first_job + launch.n_jobs])
         try:
             _core.validate_batch(jobs, a["tiles"], a["codes"], a["raw"], a["deltas"], a["primaries"], a["longcs"],
-                                 a["long_patterns"], a["long_at"], hb.nbytes, launch.bits)  # fmt: skip
+                                 a["long_patterns"], a["long_at"], hb.nbytes, launch.bits, launch.planes)  # fmt: skip
         except ValueError as exc:
             raise IntegrityError(f"the decode batch does not hold together: {exc}") from None
 
@@ -260,7 +286,7 @@ def emulate(hb: HostBatch, out: np.ndarray) -> npt.NDArray[np.uint32]:
     for launch in hb.launches:
         jobs = _aligned_copy(a["jobs"][launch.first_job : launch.first_job + launch.n_jobs])
         _core.decode_batch_host(jobs, a["tiles"], a["codes"], a["raw"], a["deltas"], a["primaries"], a["longcs"],
-                                a["long_patterns"], a["long_at"], target, errors, launch.bits, launch.raw_bits,
+                                a["long_patterns"], a["long_at"], target, errors, launch.bits, launch.variant,
                                 launch.long_codes)  # fmt: skip
     return errors
 

@@ -79,7 +79,7 @@ def plan(ct: CompressedTensor) -> GemvPlan:
     """Lay ``ct`` (a 2-D BF16/F16 format v2 record) out for the fused GEMV."""
     import torch
 
-    if ct.version != 2:
+    if not ct.tiled:  # a v3 record is F32: refused below
         raise BackendError(f"the fused GEMV reads format v2 records, not v{ct.version}: compress the checkpoint again")
     if ct.dtype not in (torch.bfloat16, torch.float16) or len(ct.shape) != 2 or ct.numel == 0:
         raise InputError(f"the fused GEMV takes a non-empty 2-D BF16 or F16 weight, not {ct.dtype} {ct.shape}")

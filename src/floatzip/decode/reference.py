@@ -1,6 +1,6 @@
 """The slow, obviously-right decoder: reads the streams bit by bit, following docs/FORMAT.md literally.
 
-It parses a v2 blob's bytes itself (it does not use the compiled core's parser), so the two check each
+It parses a v2 or v3 blob's bytes itself (it does not use the compiled core's parser), so the two check each
 other. It exists to test the fast decoders against; use it on small tensors only.
 """
 
@@ -39,11 +39,13 @@ def _codebook(lengths: npt.NDArray[np.uint8]) -> dict[tuple[int, int], int]:
     return {(int(lengths[s]), int(c)): s for s, c in enumerate(codes) if lengths[s]}
 
 
-def _read_code(words: npt.NDArray[np.uint32], p: int, end: int, book: dict[tuple[int, int], int]) -> tuple[int, int]:
+def _read_code(
+    words: npt.NDArray[np.uint32], p: int, end: int, book: dict[tuple[int, int], int], max_len: int = MAX_CODE_LEN
+) -> tuple[int, int]:
     """(symbol, next bit) of the code starting at bit p of an MSB-first stream, without reading past `end`."""
     code, length = 0, 0
     while (length, code) not in book:
-        if length == MAX_CODE_LEN or p >= end:
+        if length == max_len or p >= end:
             raise IntegrityError("a lane's code stream does not decode")
         code = code << 1 | _msb_bit(words, p)
         length += 1
@@ -51,9 +53,11 @@ def _read_code(words: npt.NDArray[np.uint32], p: int, end: int, book: dict[tuple
     return book[(length, code)], p
 
 
-def _word(field: int, sym: int, shift: int, bits: int) -> int:
-    """The float's bits from its symbol and its raw field (sign on top of the low mantissa bits)."""
-    return (field >> shift) << (bits - 1) | sym << shift | field & ((1 << shift) - 1)
+def _word(field: int, sym: int, mid: int, bits: int, low: int = 0, low_bits: int = 0) -> int:
+    """The float's bits from its symbol, its raw field (sign on top of `mid` mantissa bits) and its coded low
+    planes (`low_bits` bits, v3)."""
+    top = sym << (mid + low_bits)
+    return (field >> mid) << (bits - 1) | top | (field & ((1 << mid) - 1)) << low_bits | low
 
 
 def decode_words_v1(ct: CompressedTensor) -> list[int]:
@@ -82,26 +86,35 @@ def decode_words_v1(ct: CompressedTensor) -> list[int]:
 
 
 def decode_words_v2(blob: bytes) -> list[int]:
-    """A v2 blob's words, in row-major order (docs/FORMAT.md §1), from its bytes alone."""
+    """A v2 or v3 blob's words, in row-major order (docs/FORMAT.md §1), from its bytes alone."""
+    (version,) = struct.unpack_from("<H", blob, 4)
     (dtype_code, ndim, sym_bits, shift, max_len, n_tables) = struct.unpack_from("<BBBBBB", blob, 6)
+    planes, plane_max = struct.unpack_from("<BB", blob, 13) if version == 3 else (0, 0)
     steps, n_tiles, numel, code_words = struct.unpack_from("<IIQQ", blob, 16)
     bits = {0: 16, 1: 16, 2: 32, 3: 8, 4: 8}[dtype_code]
     group = 16 // (bits // 8)
     tile_elems = LANES * steps * group
-    r = shift + 1
+    mid = shift - 8 * planes  # §1.7: the raw field holds the sign and the mantissa bits above the planes
+    r = mid + 1
     pos = align(V2_HEADER + 8 * ndim)
-    # code tables: bitmap (symbol s is bit 7 - s % 8 of byte s // 8), then (length - 1) in nibbles, low first
-    nsym = 1 << sym_bits
-    books = []
-    for _ in range(n_tables):
+
+    def table(nsym: int, plane: bool = False) -> dict[tuple[int, int], int]:
+        nonlocal pos
         bitmap = np.unpackbits(np.frombuffer(blob, np.uint8, (nsym + 7) // 8, pos))[:nsym].astype(bool)
         pos += (nsym + 7) // 8
         used = int(bitmap.sum())
+        if plane and used == 1:  # a constant plane: no nibbles, its byte in 0 bits
+            return {(0, 0): int(np.flatnonzero(bitmap)[0])}
         nib = np.frombuffer(blob, np.uint8, (used + 1) // 2, pos)
         pos += (used + 1) // 2
         lengths = np.zeros(nsym, dtype=np.uint8)
         lengths[bitmap] = [((int(nib[i // 2]) >> (4 * (i % 2))) & 15) + 1 for i in range(used)]
-        books.append(_codebook(lengths))
+        return _codebook(lengths)
+
+    # code tables: bitmap (symbol s is bit 7 - s % 8 of byte s // 8), then (length - 1) in nibbles, low first;
+    # in v3 each table's plane tables follow all of them, in lane order (the higher plane first)
+    books = [table(1 << sym_bits) for _ in range(n_tables)]
+    plane_books = [[table(256, plane=True) for _ in range(planes)] for _ in range(n_tables)]
     pos = align(pos)
     table_of = [0] * n_tiles
     if n_tables > 1:
@@ -133,7 +146,7 @@ def decode_words_v2(blob: bytes) -> list[int]:
             base_bits + (_lsb_bits(deltas, 32 * delta_at + width * c, width) if width else 0) for c in range(LANES)
         ]
         delta_at += width
-        book = books[table_of[t]]
+        book, pbooks = books[table_of[t]], plane_books[table_of[t]]
         lane_words = -(-full * group * r // 32)
         tail_at = raw_at + LANES * lane_words
         p = 32 * int(tile_words[t])
@@ -145,6 +158,10 @@ def decode_words_v2(blob: bytes) -> list[int]:
             elements += [(full * LANES + c) * group + v for v in range(extra)]
             for k, e in enumerate(elements):
                 sym, p = _read_code(codes, p, end, book)
+                low = 0  # the planes' bytes, the higher plane first
+                for pb in pbooks:
+                    byte, p = _read_code(codes, p, end, pb, plane_max)
+                    low = low << 8 | byte
                 if k < full * group:  # lane-major raw words: lane c's word i is word c + 32 i of the tile's raw
                     q = k * r
                     field = 0
@@ -154,7 +171,7 @@ def decode_words_v2(blob: bytes) -> list[int]:
                         field |= ((int(word) >> (bit % 32)) & 1) << b
                 else:  # the tail: element-ordered fields after the lanes' words
                     field = _lsb_bits(raw_words[tail_at:], r * (e - full * LANES * group), r)
-                out[t * tile_elems + e] = _word(field, sym, shift, bits)
+                out[t * tile_elems + e] = _word(field, sym, mid, bits, low, 8 * planes)
             if p != end:
                 raise IntegrityError("a lane's code stream has bits left over")
         raw_at += LANES * lane_words + (-(-tail * r // 32))
@@ -183,7 +200,7 @@ def decode(ct: CompressedTensor, out: npt.NDArray[np.unsignedinteger], verify: b
     words = decode_words_v1(ct) if ct.version == 1 else decode_words_v2(ct.to_bytes())
     out[:] = np.array(words, dtype=out.dtype)
     if verify:
-        if ct.version == 2 and crc32c(out.tobytes()) != ct.data_crc32:
+        if ct.version in (2, 3) and crc32c(out.tobytes()) != ct.data_crc32:
             raise IntegrityError("decodes to the wrong bytes (checksum mismatch)")
         if ct.version == 1:
             ct.check_data(out.view(np.uint8))

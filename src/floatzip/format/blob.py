@@ -23,8 +23,10 @@ from floatzip.format.blob_v1 import V1Sections, parse_v1
 from floatzip.format.spec import (
     BLOB_MAGIC,
     BLOB_READ_VERSIONS,
+    BLOB_TILED_VERSIONS,
     LAYOUT_BY_CODE,
     MAX_NDIM,
+    PACK_MAX_NUMEL,
     PACKED_MAGIC,
     V2_HEADER_FIXED,
     FloatLayout,
@@ -44,12 +46,13 @@ def core_error(exc: Exception, name: str | None = None) -> FormatError:
 
 @dataclass(eq=False)
 class CompressedTensor:
-    """One float tensor in floatzip's coded form: a blob of format v2 (what floatzip writes) or v1 (read only)."""
+    """One float tensor in floatzip's coded form: a blob of format v2 or v3 (what floatzip writes: v3 for F32
+    tensors whose low planes it codes) or v1 (read only)."""
 
     layout: FloatLayout
     shape: tuple[int, ...]
     version: int
-    data_crc32: int  # of the original bytes: CRC-32C in v2, zlib's CRC-32 in v1
+    data_crc32: int  # of the original bytes: CRC-32C in v2 and v3, zlib's CRC-32 in v1
     _blob: bytes | memoryview  # a view of a staging buffer, for offload
     _info: dict[str, Any] | None = None  # v2: the core's parse of the header and sections
     _v1: V1Sections | None = None
@@ -88,8 +91,19 @@ class CompressedTensor:
         return int(self.v2["shift"]) if self._v1 is None else self._v1.shift
 
     @property
+    def planes(self) -> int:
+        """F32's low byte planes coded rather than stored raw (blob version 3; else 0)."""
+        return int(self.v2["planes"]) if self._v1 is None else 0
+
+    @property
     def raw_bits(self) -> int:
-        return self.shift + 1
+        """Bits of each element's raw field: the sign and the mantissa bits below the symbol, less the planes."""
+        return self.shift + 1 - 8 * self.planes
+
+    @property
+    def tiled(self) -> bool:
+        """Whether the record has the tiles and lanes of docs/FORMAT.md §1 (versions 2 and 3)."""
+        return self._v1 is None
 
     @cached_property
     def code_lengths(self) -> npt.NDArray[np.uint8]:
@@ -106,7 +120,7 @@ class CompressedTensor:
     # --- the layout (v2) --------------------------------------------------------------------
     @property
     def v2(self) -> dict[str, Any]:
-        """The parsed v2 header and section offsets (see ``floatzip._core.parse``)."""
+        """The parsed v2 or v3 header and section offsets (see ``floatzip._core.parse``)."""
         if self._info is None:
             raise FormatError(f"a format v{self.version} record has no v2 layout")
         return self._info
@@ -161,6 +175,13 @@ class CompressedTensor:
         small tensor; :meth:`from_bytes` reads either form."""
         return packed.pack(self._blob, self.v2)
 
+    def stored_bytes(self) -> bytes:
+        """What a version 4 checkpoint stores for this blob: the packed form for a version 2 blob of at most
+        ``spec.PACK_MAX_NUMEL`` elements, else the blob itself (a version 3 blob is never packed)."""
+        if self.version == 2 and self.numel <= PACK_MAX_NUMEL:
+            return self.packed_bytes()
+        return self.to_bytes()
+
     @property
     def buffer(self) -> bytes | memoryview:
         """The blob's bytes without a copy (a view when the record lives in a staging buffer)."""
@@ -213,7 +234,8 @@ class CompressedTensor:
         except (_core.FormatError, _core.IntegrityError) as exc:
             raise core_error(exc, name) from None
         layout = LAYOUT_BY_CODE[int(info["dtype_code"])]
-        return cls(layout, tuple(int(s) for s in info["shape"]), 2, int(info["data_crc"]), data, _info=info)
+        shape = tuple(int(s) for s in info["shape"])
+        return cls(layout, shape, int(info["version"]), int(info["data_crc"]), data, _info=info)
 
     def check_data(self, data: bytes | memoryview | np.ndarray, name: str = "blob") -> None:
         """Raise IntegrityError unless ``data`` (the decoded bytes) has the stored checksum."""
@@ -229,12 +251,12 @@ class CompressedTensor:
 
 
 def blob_head(head: bytes | bytearray | memoryview, name: str) -> tuple[FloatLayout, tuple[int, ...], int]:
-    """The dtype, shape and original data CRC a version 2 or packed blob's header records, from its
+    """The dtype, shape and original data CRC a version 2, 3 or packed blob's header records, from its
     first :data:`HEAD_BYTES` bytes (or all of a shorter blob), checked for range only (the full parse checks
     the rest). Raises FormatError naming ``name`` for anything else."""
     if bytes(head[:4]) == PACKED_MAGIC:
         code, shape, crc = packed.head_fields(head, name)
-    elif bytes(head[:4]) == BLOB_MAGIC and len(head) >= V2_HEADER_FIXED and head[4:6] == b"\x02\x00":
+    elif bytes(head[:4]) == BLOB_MAGIC and len(head) >= V2_HEADER_FIXED and head[4:6] in _TILED_HEADS:
         ndim = head[7]
         if ndim > MAX_NDIM or len(head) < V2_HEADER_FIXED + 8 * ndim:
             raise FormatError(f"{name}: bad blob header (dtype or shape)")
@@ -243,11 +265,12 @@ def blob_head(head: bytes | bytearray | memoryview, name: str) -> tuple[FloatLay
             raise FormatError(f"{name}: bad blob header (a shape of too many elements)")
         code, crc = head[6], struct.unpack_from("<I", head, 48)[0]
     else:
-        raise FormatError(f"{name}: not a version 2 floatzip blob")
+        raise FormatError(f"{name}: not a version 2 or 3 floatzip blob")
     layout = LAYOUT_BY_CODE.get(code)
     if layout is None:
         raise FormatError(f"{name}: bad blob header (dtype or shape)")
     return layout, tuple(int(d) for d in shape), int(crc)
 
 
+_TILED_HEADS = tuple(v.to_bytes(2, "little") for v in BLOB_TILED_VERSIONS)
 HEAD_BYTES = max(V2_HEADER_FIXED + 8 * MAX_NDIM, packed.MAX_HEAD_BYTES)

@@ -331,7 +331,7 @@ def _compress_file(
                 layout = spec.LAYOUT_BY_NAME[e.dtype]
                 ct = compress_words(_words(e, data), layout, e.shape, steps=steps, max_tables=max_tables)
                 crc = ct.data_crc32  # a v2 blob's: CRC-32C of the original bytes
-                blob = ct.packed_bytes() if ct.numel <= spec.PACK_MAX_NUMEL else ct.to_bytes()
+                blob = ct.stored_bytes()
                 if len(blob) < len(data):
                     stored = blob
                     bits[i >> 3] |= 1 << (i & 7)

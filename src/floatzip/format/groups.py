@@ -62,7 +62,7 @@ class GroupRecord:
             body.append(len(shape))
             for d in shape:
                 body += varint(d)
-        body += blob.packed_bytes() if blob.numel <= spec.PACK_MAX_NUMEL else blob.to_bytes()
+        body += blob.stored_bytes()
         return RECORD_MAGIC + _core.crc32c(bytes(body)).to_bytes(4, "little") + bytes(body)
 
     @classmethod

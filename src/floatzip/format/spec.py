@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 4  # what this floatzip writes
 READ_VERSIONS = (1, 2, 3, 4)  # what it reads
 BLOB_VERSION = 2  # the tensor record a version 2, 3 or 4 checkpoint holds (3 and 4 changed the container only)
-BLOB_READ_VERSIONS = (1, 2)  # the tensor records it reads
+BLOB_VERSION_PLANES = 3  # blob version 2 plus F32's coded low byte planes (docs/FORMAT.md §1.7)
+BLOB_TILED_VERSIONS = (2, 3)  # the blobs of tiles and lanes (§1), which a version 2, 3 or 4 checkpoint may hold
+BLOB_READ_VERSIONS = (1, 2, 3)  # the tensor records it reads
 BLOB_MAGIC = b"FZtn"
 PACKED_MAGIC = b"FZpk"  # a version 2 blob without its padding and fixed-width fields (docs/FORMAT.md §2.3)
 PACKED_FIXED = 24  # bytes of a packed blob's header before its varints

@@ -327,7 +327,7 @@ def _rows_apply(module: nn.Module, names: Sequence[str], cts: Sequence[Compresse
         and not offload
         and len(cts) == 1
         and [n.rpartition(".")[2] for n in names] == ["weight"]
-        and cts[0].version == 2
+        and cts[0].tiled
         and len(cts[0].shape) == 2
         and module.max_norm is None
     )
@@ -524,7 +524,7 @@ def _fused_forward(
 
 def _as_v2(ct: CompressedTensor) -> CompressedTensor:
     """A format v2 record of ``ct`` (a v1 record is decoded on the CPU and coded again, once, at load)."""
-    if ct.version == 2:
+    if ct.tiled:
         return ct
     from floatzip.codec.encode import compress_words
 

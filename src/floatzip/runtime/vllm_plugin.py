@@ -130,7 +130,7 @@ class _Packed:
     def __post_init__(self) -> None:
         self.key = ops.register(self.decoder.decode)
         weakref.finalize(self, ops.unregister, self.key)
-        if self.ct is not None and self.ct.version == 2 and len(self.shape) == 2:
+        if self.ct is not None and self.ct.tiled and len(self.shape) == 2:
             self.rows_key = ops.register_rows(_row_gather(self.ct), self.shape[1], self.dtype)
             weakref.finalize(self, ops.unregister_rows, self.rows_key)
 

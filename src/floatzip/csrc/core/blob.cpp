@@ -1,5 +1,6 @@
 #include "core/blob.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/crc32c.h"
@@ -42,7 +43,7 @@ uint64_t raw_words_for(const BlobInfo& b) {
 void derive_sizes(BlobInfo& b) {
   b.group = group_elems(b.layout->itemsize());
   b.tile_elems = uint64_t(LANES) * b.steps * b.group;
-  b.raw_bits = b.shift + 1;
+  b.raw_bits = b.shift + 1 - 8 * b.planes;
   b.full_tile_raw = uint64_t(LANES) * b.steps * b.group * b.raw_bits / 32;
   if (b.n_tiles) {
     uint64_t m = b.tile_elements(b.n_tiles - 1);
@@ -57,8 +58,9 @@ BlobInfo parse_v2(const uint8_t* p, size_t len, bool check_crc) {
   if (len < HEADER_FIXED) bad("truncated floatzip blob (" + std::to_string(len) + " bytes)");
   if (rd32(p) != BLOB_MAGIC) bad("not a floatzip blob (bad magic)");
   int version = p[4] | p[5] << 8;
-  if (version != V2) bad("not a version 2 blob");
+  if (version != V2 && version != V3) bad("not a version 2 or 3 blob");
   BlobInfo b;
+  b.version = version;
   b.layout = layout_for_code(p[6]);
   if (!b.layout) bad("unknown dtype code " + std::to_string(p[6]));
   b.ndim = p[7];
@@ -67,7 +69,16 @@ BlobInfo parse_v2(const uint8_t* p, size_t len, bool check_crc) {
   b.max_code_len = p[10];
   b.n_tables = p[11];
   b.lane_map = p[12];
-  if (p[13] || p[14] || p[15]) bad("reserved header bytes are not zero");
+  if (version == V2) {
+    if (p[13] || p[14] || p[15]) bad("reserved header bytes are not zero");
+  } else {
+    b.planes = p[13];
+    b.plane_max_len = p[14];
+    if (p[15]) bad("reserved header bytes are not zero");
+    if (b.layout->code != 2) bad("only F32 blobs code low planes (version 3)");
+    if (b.planes < 1 || b.planes > uint32_t(MAX_PLANES)) bad("bad low plane count " + std::to_string(b.planes));
+    if (b.plane_max_len > uint32_t(PLANE_MAX_LEN)) bad("bad maximum plane code length");  // 0: every plane constant
+  }
   b.steps = rd32(p + 16);
   b.n_tiles = rd32(p + 20);
   b.numel = rd64(p + 24);
@@ -106,6 +117,7 @@ BlobInfo parse_v2(const uint8_t* p, size_t len, bool check_crc) {
   if (b.steps < 8 || b.steps > MAX_STEPS || b.steps % 8) bad("bad steps per tile " + std::to_string(b.steps));
   if (b.n_tables < 1 || b.n_tables > MAX_TABLES) bad("bad table count " + std::to_string(b.n_tables));
   if (b.max_code_len > MAX_CODE_LEN) bad("bad maximum code length");
+  if (b.shift < 8 * b.planes) bad("the low planes overlap the symbol");
   derive_sizes(b);
   if (b.n_tiles != ceil_div(b.numel, b.tile_elems)) bad("the tile count does not cover numel elements");
   if (b.code_words > (uint64_t(1) << 40)) bad("the code stream is too long");
@@ -113,37 +125,55 @@ BlobInfo parse_v2(const uint8_t* p, size_t len, bool check_crc) {
   // sections, in order
   size_t pos = align16(HEADER_FIXED + 8 * size_t(b.ndim));
   const size_t nsym = size_t(1) << b.sym_bits;
-  const size_t bitmap = (nsym + 7) / 8;
   b.tables_at = pos;
   b.lengths.assign(b.n_tables * nsym, 0);
-  uint32_t seen_max = 0;
-  for (uint32_t t = 0; t < b.n_tables; ++t) {
+  // one code table (bitmap over nsym symbols, then length - 1 per used symbol in nibbles) into lens, at pos. A
+  // plane table with one used byte has no nibbles: that byte takes 0 bits (its length reads 1 in lens).
+  auto table = [&](size_t count, uint32_t max_len, uint8_t* lens, uint32_t& seen_max, bool plane) {
+    const size_t bitmap = (count + 7) / 8;
     if (pos + bitmap > len) bad("truncated floatzip blob (tables)");
     const uint8_t* bm = p + pos;
     size_t used = 0;
-    for (size_t s = 0; s < nsym; ++s) used += (bm[s >> 3] >> (7 - (s & 7))) & 1;
-    if (nsym % 8) {
-      if (bm[bitmap - 1] & ((1u << (8 - nsym % 8)) - 1)) bad("bits beyond the last symbol are set in a table");
+    for (size_t s = 0; s < count; ++s) used += (bm[s >> 3] >> (7 - (s & 7))) & 1;
+    if (count % 8) {
+      if (bm[bitmap - 1] & ((1u << (8 - count % 8)) - 1)) bad("bits beyond the last symbol are set in a table");
     }
-    size_t nib = (used + 1) / 2;
+    const bool constant = plane && used == 1;
+    size_t nib = constant ? 0 : (used + 1) / 2;
     if (pos + bitmap + nib > len) bad("truncated floatzip blob (tables)");
     const uint8_t* nb = bm + bitmap;
-    uint8_t* lens = &b.lengths[t * nsym];
     size_t i = 0;
     uint64_t kraft = 0;
-    for (size_t s = 0; s < nsym; ++s) {
+    for (size_t s = 0; s < count; ++s) {
       if (!((bm[s >> 3] >> (7 - (s & 7))) & 1)) continue;
+      if (constant) {
+        lens[s] = 1;
+        continue;
+      }
       uint32_t l = ((nb[i >> 1] >> (4 * (i & 1))) & 15) + 1;
+      if (l > max_len) bad("a code is longer than its table allows");
       lens[s] = uint8_t(l);
       kraft += uint64_t(1) << (MAX_CODE_LEN - l);
       if (l > seen_max) seen_max = l;
       ++i;
     }
-    if (used % 2 && (nb[nib - 1] >> 4)) bad("a table's padding nibble is not zero");
+    if (!constant && used % 2 && (nb[nib - 1] >> 4)) bad("a table's padding nibble is not zero");
     if (kraft > (uint64_t(1) << MAX_CODE_LEN)) bad("the code lengths do not form a prefix code (Kraft sum above 1)");
     if (b.numel && used == 0) bad("a code table has no symbol");
     pos += bitmap + nib;
+  };
+  uint32_t seen_max = 0;
+  for (uint32_t t = 0; t < b.n_tables; ++t) table(nsym, MAX_CODE_LEN, &b.lengths[t * nsym], seen_max, false);
+  // version 3: each table's plane tables, table after table, in lane order
+  uint32_t seen_plane = 0;
+  b.plane_lengths.assign(size_t(b.n_tables) * b.planes * PLANE_SYMBOLS, 0);
+  std::vector<uint32_t> coded_planes(b.n_tables, 0);  // per table: its planes whose codes take bits
+  for (uint32_t t = 0; t < b.n_tables * b.planes; ++t) {
+    const uint8_t* lens = &b.plane_lengths[t * PLANE_SYMBOLS];
+    table(PLANE_SYMBOLS, b.plane_max_len, &b.plane_lengths[t * PLANE_SYMBOLS], seen_plane, true);
+    coded_planes[t / b.planes] += std::count_if(lens, lens + PLANE_SYMBOLS, [](uint8_t l) { return l != 0; }) > 1;
   }
+  if (seen_plane != b.plane_max_len) bad("the maximum plane code length does not match the tables");
   if (seen_max != b.max_code_len) bad("the maximum code length does not match the tables");
   b.tables_len = pos - b.tables_at;
   pos = align16(pos);
@@ -183,6 +213,7 @@ BlobInfo parse_v2(const uint8_t* p, size_t len, bool check_crc) {
   const uint8_t* dw = p + b.deltas_at;
   uint64_t dpos = 0;  // bit position in the deltas
   for (uint32_t t = 0; t < b.n_tiles; ++t) {
+    const uint32_t coded = b.planes ? coded_planes[b.n_tables > 1 ? p[b.tile_table_at + t] : 0] : 0;
     uint32_t v = rd32(tl + 4 * t);
     uint32_t base = v & ((1u << BASE_BITS) - 1), width = v >> BASE_BITS;
     uint64_t m = b.tile_elements(t);
@@ -202,7 +233,10 @@ BlobInfo parse_v2(const uint8_t* p, size_t len, bool check_crc) {
       int64_t extra = int64_t(tail) - int64_t(b.group) * c;
       syms += extra <= 0 ? 0 : (extra > int64_t(b.group) ? b.group : uint64_t(extra));
       uint64_t bits = uint64_t(base) + d;
-      if (bits < syms || bits > syms * (b.max_code_len ? b.max_code_len : 1)) {
+      // each element is 1 + planes codes: a symbol's of at most max_code_len bits, planes' of at most
+      // plane_max_len, at least one bit each but for a constant plane's (none)
+      const uint64_t lo = syms * (1 + coded), hi = syms * ((b.max_code_len ? b.max_code_len : 1) + coded * b.plane_max_len);
+      if (bits < lo || bits > hi) {
         bad("tile " + std::to_string(t) + ": a lane's length does not fit its symbols");
       }
       sum += bits;

@@ -32,14 +32,17 @@ const DtypeLayout* layout_for_code(int code);  // nullptr for an unknown code
 
 constexpr uint32_t BLOB_MAGIC = 0x6E745A46u;  // "FZtn" little-endian
 constexpr int V2 = 2;
+constexpr int V3 = 3;  // version 2 plus F32's coded low byte planes (FORMAT.md §1.7)
+constexpr size_t PLANE_SYMBOLS = 256;
 constexpr size_t HEADER_FIXED = 56;
 constexpr int MAX_NDIM = 8;
 constexpr int MAX_TABLES = 16;
 constexpr uint32_t MAX_STEPS = 8192;
 constexpr uint32_t BASE_BITS = 27;  // tile_lanes: lane base length in the low 27 bits, delta width above
 
-// Everything a decoder needs to know about a v2 blob, every field checked.
+// Everything a decoder needs to know about a v2 or v3 blob, every field checked.
 struct BlobInfo {
+  int version = V2;
   const DtypeLayout* layout = nullptr;
   int ndim = 0;
   uint64_t shape[MAX_NDIM] = {};
@@ -47,11 +50,13 @@ struct BlobInfo {
   uint32_t steps = 0, n_tiles = 0;
   uint64_t numel = 0, code_words = 0;
   uint32_t data_crc = 0, blob_crc = 0;
+  uint32_t planes = 0;         // coded low byte planes (v3, F32: 1 or 2; else 0)
+  uint32_t plane_max_len = 0;  // the longest code of any plane table (0 without planes)
 
   // derived sizes
   uint32_t group = 0;         // elements per lane per step (16 bytes of output)
   uint64_t tile_elems = 0;    // 32 * steps * group
-  uint32_t raw_bits = 0;      // shift + 1
+  uint32_t raw_bits = 0;      // shift + 1 - 8 planes
   uint64_t full_tile_raw = 0; // raw words of a full tile
   uint64_t last_full_steps = 0, last_tail = 0;  // the last tile: full steps, and elements after them
   uint64_t last_lane_raw = 0; // raw words per lane of the last tile's full steps
@@ -66,6 +71,8 @@ struct BlobInfo {
 
   // the code tables: lengths[t * (1 << sym_bits) + s] (0 = unused), and where each table's bytes are
   std::vector<uint8_t> lengths;
+  // the plane tables: plane_lengths[(t * planes + q) * 256 + byte], plane code q of table t in lane order
+  std::vector<uint8_t> plane_lengths;
 
   uint64_t tile_elements(uint32_t t) const {
     return t + 1 < n_tiles ? tile_elems : numel - uint64_t(n_tiles - 1) * tile_elems;
@@ -77,7 +84,7 @@ struct BlobInfo {
 void derive_sizes(BlobInfo& info);
 uint64_t raw_words_for(const BlobInfo& info);
 
-// Parse and validate a v2 blob. Raises FormatError / IntegrityError naming the problem.
+// Parse and validate a v2 or v3 blob. Raises FormatError / IntegrityError naming the problem.
 BlobInfo parse_v2(const uint8_t* blob, size_t len, bool check_crc);
 
 // The version field of any floatzip blob (after checking the magic); throws FormatError otherwise.

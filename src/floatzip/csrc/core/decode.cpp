@@ -67,12 +67,41 @@ int cpu_path() {
 
 // The host twin of the kernel's per-tile work: the lanes' start bits from the tile index (the kernel
 // computes them with a warp scan), then fz_lane.h's per-lane body for each lane in turn.
+// A blob's decode tables: each code table's, and (version 3) its planes' in lane order.
+struct BlobTables {
+  std::vector<Tables> codes;
+  std::vector<std::vector<uint16_t>> planes;  // n_tables * planes
+  Code code(uint32_t table, uint32_t n_planes) const {
+    const Tables& tb = codes[table];
+    Code c{tb.primary.data(), &tb.longc, tb.long_pattern.data(), {nullptr, nullptr}};
+    for (uint32_t q = 0; q < n_planes; ++q) c.planes[q] = planes[size_t(table) * n_planes + q].data();
+    return c;
+  }
+};
+
+// F32 with coded planes: the tile's lanes LANES_AT_ONCE at a time, their steps interleaved (one lane's chain of
+// dependent lookups is 3 per element; four independent ones keep a core busy), each lane fz_lane.h's PlaneLane.
+constexpr int LANES_AT_ONCE = 4;
+
+template <u32 P, bool LONG>
+bool plane_lanes(const LaneJob* jobs, const Code& code, u32* out, u64 stride, u32* tail_out, u32 group) {
+  bool ok = true;
+  for (int c0 = 0; c0 < LANES; c0 += LANES_AT_ONCE) {
+    PlaneLane<P, LONG> lane[LANES_AT_ONCE];
+    for (int i = 0; i < LANES_AT_ONCE; ++i) lane[i].init(jobs[c0 + i]);
+    const u64 steps = jobs[c0].full_steps;  // every lane of a tile decodes its full steps
+    for (u64 j = 0; j < steps; ++j)
+      for (int i = 0; i < LANES_AT_ONCE; ++i) lane[i].step(jobs[c0 + i], code, out + u64(c0 + i) * group + j * stride);
+    for (int i = 0; i < LANES_AT_ONCE; ++i) ok &= lane[i].finish(jobs[c0 + i], code, tail_out + u64(c0 + i) * group);
+  }
+  return ok;
+}
+
 template <typename W>
-bool decode_tile(const uint8_t* blob, const BlobInfo& b, const View& v, const std::vector<Tables>& tables,
+bool decode_tile(const uint8_t* blob, const BlobInfo& b, const View& v, const BlobTables& tables,
                  const std::vector<uint64_t>& delta_at, uint32_t t, W* out) {
   const uint8_t* table_ids = b.n_tables > 1 ? blob + b.tile_table_at : nullptr;
-  const Tables& tb = tables[table_ids ? table_ids[t] : 0];
-  const Code code{tb.primary.data(), &tb.longc, tb.long_pattern.data()};
+  const Code code = tables.code(table_ids ? table_ids[t] : 0, b.planes);
   const u32 group = b.group;
   const u64 m = b.tile_elements(t);
   const u64 full = m / (u64(LANES) * group), tail = m - full * LANES * group;
@@ -82,6 +111,8 @@ bool decode_tile(const uint8_t* blob, const BlobInfo& b, const View& v, const st
   lane_starts(blob, b, t, delta_at[t], start, end);
   const bool long_codes = b.max_code_len > PRIMARY_BITS;
   bool ok = true;
+  LaneJob plane_jobs[LANES];                 // F32 with planes: every lane's job, decoded together below
+  std::vector<u32> plane_scratch[LANES];     // their padded copies, kept until then
   for (int c = 0; c < LANES; ++c) {
     int64_t extra = int64_t(tail) - int64_t(group) * c;
     LaneJob job;
@@ -99,16 +130,16 @@ bool decode_tile(const uint8_t* blob, const BlobInfo& b, const View& v, const st
     W* lane_out = out + u64(c) * group;
     W* tail_out = out + full * LANES * group + u64(c) * group;
     const u64 stride = u64(LANES) * group;
-    if (job.full_steps == 0 && job.tail_count == 0) {
+    if (job.full_steps == 0 && job.tail_count == 0 && !(sizeof(W) == 4 && b.planes)) {
       ok &= job.start == job.end;
       continue;
     }
-    // the lane may read 16 bits per symbol past its start (a corrupt stream), plus lookahead: a lane near
-    // the stream's end reads a padded copy of what is left instead (the GPU batch pads its stream instead)
-    std::vector<u32> scratch;
+    // the lane may read max_element_bits per element past its start (a corrupt stream), plus lookahead: a
+    // lane near the stream's end reads a padded copy of what is left instead (the GPU batch pads its stream)
+    std::vector<u32>& scratch = plane_scratch[c];
     const u64 n = full * group + job.tail_count;
     const u64 first_word = job.start >> 5;
-    const u64 need = first_word + ((16 * n + 31) >> 5) + 4;
+    const u64 need = first_word + ((max_element_bits(b.planes) * n + 31) >> 5) + 4;
     const u64 avail = b.code_words + CODE_PAD_WORDS;
     if (need > avail) {
       scratch.assign(need - first_word, 0);
@@ -119,10 +150,23 @@ bool decode_tile(const uint8_t* blob, const BlobInfo& b, const View& v, const st
     }
     if constexpr (sizeof(W) == 2) {
       ok &= lane16(job, code, long_codes, b.raw_bits, lane_out, stride, tail_out);
+    } else if (sizeof(W) == 4 && b.planes) {
+      plane_jobs[c] = job;  // decoded with the tile's other lanes, below
     } else {
       ok &= long_codes ? decode_lane_any<W, true>(job, code, group, lane_out, stride, tail_out)
                        : decode_lane_any<W, false>(job, code, group, lane_out, stride, tail_out);
     }
+  }
+  if (sizeof(W) == 4 && b.planes) {
+    u32* o = reinterpret_cast<u32*>(out);
+    u32* to = o + full * LANES * group;
+    const u64 stride = u64(LANES) * group;
+    if (b.planes == 1)
+      ok &= long_codes ? plane_lanes<1, true>(plane_jobs, code, o, stride, to, group)
+                       : plane_lanes<1, false>(plane_jobs, code, o, stride, to, group);
+    else
+      ok &= long_codes ? plane_lanes<2, true>(plane_jobs, code, o, stride, to, group)
+                       : plane_lanes<2, false>(plane_jobs, code, o, stride, to, group);
   }
   return ok;
 }
@@ -136,7 +180,7 @@ struct FastTile {
   bool ok;
 };
 
-void fast_tile(const uint8_t* blob, const BlobInfo& b, const View& v, const std::vector<Tables>& tables,
+void fast_tile(const uint8_t* blob, const BlobInfo& b, const View& v, const BlobTables& tables,
                const std::vector<uint64_t>& delta_at, uint32_t t, u16* out, FastTile& f) {
   f.ok = false;
   if (b.layout->itemsize() != 2 || b.raw_bits < 4 || b.raw_bits > 11 || cpu_path() == 0 || !fast_path_available()) return;
@@ -173,11 +217,13 @@ void by_width(int itemsize, F&& f) {
     f(u32(0));
 }
 
-std::vector<Tables> tables_of(const BlobInfo& b) {
-  std::vector<Tables> out;
+BlobTables tables_of(const BlobInfo& b) {
+  BlobTables out;
   const size_t nsym = size_t(1) << b.sym_bits;
   for (u32 t = 0; t < b.n_tables; ++t)
-    out.push_back(build_tables(&b.lengths[t * nsym], nsym, b.shift, b.layout->bits));
+    out.codes.push_back(build_tables(&b.lengths[t * nsym], nsym, b.shift, b.layout->bits));
+  for (size_t j = 0; j < size_t(b.n_tables) * b.planes; ++j)
+    out.planes.push_back(build_plane_table(&b.plane_lengths[j * PLANE_SYMBOLS]));
   return out;
 }
 
@@ -187,7 +233,7 @@ void run_tiles(const uint8_t* blob, const BlobInfo& b, uint32_t first, uint32_t 
                uint32_t* crcs = nullptr) {
   if (count == 0) return;
   const View v = view_of(blob, b);
-  const std::vector<Tables> tables = tables_of(b);
+  const BlobTables tables = tables_of(b);
   const std::vector<uint64_t> delta_at = delta_offsets(blob, b);
   std::atomic<int64_t> bad_tile{-1};
   by_width(b.layout->itemsize(), [&](auto z) {
@@ -218,8 +264,7 @@ void run_tiles(const uint8_t* blob, const BlobInfo& b, uint32_t first, uint32_t 
         Code code[2];
         Tile16 t16[2];
         for (uint32_t k = 0; k < n; ++k) {
-          const Tables& tb = tables[table_ids ? table_ids[t0 + k] : 0];
-          code[k] = Code{tb.primary.data(), &tb.longc, tb.long_pattern.data()};
+          code[k] = tables.code(table_ids ? table_ids[t0 + k] : 0, 0);
           t16[k] = f[k].t;
           t16[k].start = f[k].start;
           t16[k].end = f[k].end;

@@ -120,14 +120,26 @@ void encode_tile_t(const W* w, const Plan& plan, uint32_t t, uint32_t* lane_bits
                    uint32_t* raw) {
   const BlobInfo& b = plan.info;
   const uint32_t shift = b.shift, mask = (1u << b.sym_bits) - 1, group = b.group, r = b.raw_bits;
-  const uint32_t sign_shift = uint32_t(sizeof(W) * 8 - 1), low_mask = (1u << shift) - 1;
+  // the raw field: the sign above the mantissa bits between the coded low planes (8 planes bits) and the symbol
+  const uint32_t planes = b.planes, low_shift = 8 * planes, mid = shift - low_shift;
+  const uint32_t sign_shift = uint32_t(sizeof(W) * 8 - 1), low_mask = (1u << mid) - 1;
   const size_t table = plan.tile_table.empty() ? 0 : plan.tile_table[t];
   const uint32_t* enc = plan.enc.data() + (table << b.sym_bits);
+  const uint32_t* penc = planes ? plan.plane_enc.data() + table * planes * PLANE_SYMBOLS : nullptr;
   const uint64_t m = b.tile_elements(t);
   const uint64_t full = m / (uint64_t(LANES) * group), tail = m - full * LANES * group;
   const W* x = w + uint64_t(t) * b.tile_elems;
-  // each lane's scratch holds at most 16 bits per symbol, plus a word for the branch-free store
-  const uint64_t lane_cap = (16 * (full + 1) * group + 31) / 32 + 2;
+  // an element's codes, symbol then planes (higher plane first); symbol_code: the symbol's alone
+  auto element_codes = [&](BitWriter& wr, W word) {
+    const uint32_t e = enc[(word >> shift) & mask];
+    wr.put(e >> 5, e & 31);
+    for (uint32_t q = 0; q < planes; ++q) {
+      const uint32_t pe = penc[q * PLANE_SYMBOLS + ((uint32_t(word) >> (8 * (planes - 1 - q))) & 255)];
+      wr.put(pe >> 5, pe & 31);
+    }
+  };
+  // each lane's scratch holds at most max_element_bits per element, plus a word for the branch-free store
+  const uint64_t lane_cap = (max_element_bits(planes) * (full + 1) * group + 31) / 32 + 2;
   thread_local std::vector<uint32_t> scratch;
   if (scratch.size() < LANES * lane_cap) scratch.resize(LANES * lane_cap);
   BitWriter bw[LANES];
@@ -140,7 +152,9 @@ void encode_tile_t(const W* w, const Plan& plan, uint32_t t, uint32_t* lane_bits
   uint32_t rhave[LANES] = {0};
   uint32_t* rout[LANES];
   for (int c = 0; c < LANES; ++c) rout[c] = rt + c;
-  auto field = [&](W word) -> uint32_t { return (uint32_t(word >> sign_shift) << shift) | (uint32_t(word) & low_mask); };
+  auto field = [&](W word) -> uint32_t {
+    return (uint32_t(word >> sign_shift) << mid) | ((uint32_t(word) >> low_shift) & low_mask);
+  };
   const uint64_t groups = full * LANES;
   if constexpr (sizeof(W) == 2) {
     if (!plan.word_table.empty()) {
@@ -198,10 +212,14 @@ void encode_tile_t(const W* w, const Plan& plan, uint32_t t, uint32_t* lane_bits
     const W* y = x + g * group;
     const uint32_t c = uint32_t(g % LANES);
     BitWriter wr = bw[c];
-    for (uint32_t v = 0; v < group; v += 2) {
-      const uint32_t e1 = enc[(y[v] >> shift) & mask], e2 = enc[(y[v + 1] >> shift) & mask];
-      const uint32_t l2 = e2 & 31;
-      wr.put(((e1 >> 5) << l2) | (e2 >> 5), (e1 & 31) + l2);
+    if (planes) {
+      for (uint32_t v = 0; v < group; ++v) element_codes(wr, y[v]);
+    } else {
+      for (uint32_t v = 0; v < group; v += 2) {
+        const uint32_t e1 = enc[(y[v] >> shift) & mask], e2 = enc[(y[v + 1] >> shift) & mask];
+        const uint32_t l2 = e2 & 31;
+        wr.put(((e1 >> 5) << l2) | (e2 >> 5), (e1 & 31) + l2);
+      }
     }
     bw[c] = wr;
     if (raw_by_group) {
@@ -230,10 +248,7 @@ tail_part:
     for (int c = 0; c < LANES; ++c) {
       const uint64_t extra = lane_symbols(0, tail, group, c);
       const W* y = x + (groups + uint64_t(c)) * group;
-      for (uint64_t v = 0; v < extra; ++v) {
-        const uint32_t e = enc[(y[v] >> shift) & mask];
-        bw[c].put(e >> 5, e & 31);
-      }
+      for (uint64_t v = 0; v < extra; ++v) element_codes(bw[c], y[v]);
     }
     uint32_t* o = rt + LANES * ((full * group * r + 31) / 32);
     uint64_t acc = 0;
@@ -492,6 +507,97 @@ void choose_tables(const TileHists& th, size_t nsym, int max_code_len, size_t ma
     for (size_t i = 0; i < u; ++i) lengths[j * nsym + th.used[i]] = best_lens[j * u + i];
 }
 
+// Bytes of a plane table: §1.2's, without nibbles for a constant plane (one used byte, coded in 0 bits).
+uint64_t plane_table_bytes(const uint8_t* lengths) {
+  const auto used = std::count_if(lengths, lengths + PLANE_SYMBOLS, [](uint8_t l) { return l != 0; });
+  return used == 1 ? (PLANE_SYMBOLS + 7) / 8 : table_bytes(lengths, PLANE_SYMBOLS);
+}
+
+// Counts of the two lowest bytes of F32 words (bits 0..7, then 8..15) per code table: out[(table * 2 + plane) *
+// 256 + byte]. Tiles are counted in parallel, a chunk of them at a time, and added per table in tile order.
+void plane_hists(const uint32_t* w, const BlobInfo& b, const std::vector<uint8_t>& tile_table, int threads,
+                 std::vector<uint64_t>& out) {
+  out.assign(size_t(b.n_tables) * 2 * PLANE_SYMBOLS, 0);
+  constexpr uint32_t CHUNK = 1024;
+  std::vector<uint32_t> cnt(size_t(CHUNK) * 2 * PLANE_SYMBOLS);
+  for (uint32_t t0 = 0; t0 < b.n_tiles; t0 += CHUNK) {
+    const uint32_t n = std::min(CHUNK, b.n_tiles - t0);
+    parallel_for(n, threads, [&](size_t i) {
+      uint32_t* c = &cnt[i * 2 * PLANE_SYMBOLS];
+      std::fill_n(c, 2 * PLANE_SYMBOLS, 0u);
+      const uint32_t t = t0 + uint32_t(i);
+      const uint32_t* x = w + uint64_t(t) * b.tile_elems;
+      const uint64_t m = b.tile_elements(t);
+      for (uint64_t k = 0; k < m; ++k) {
+        c[x[k] & 255]++;
+        c[PLANE_SYMBOLS + ((x[k] >> 8) & 255)]++;
+      }
+    });
+    for (uint32_t i = 0; i < n; ++i) {
+      uint64_t* o = &out[size_t(tile_table.empty() ? 0 : tile_table[t0 + i]) * 2 * PLANE_SYMBOLS];
+      for (size_t k = 0; k < 2 * PLANE_SYMBOLS; ++k) o[k] += cnt[i * 2 * PLANE_SYMBOLS + k];
+    }
+  }
+}
+
+// The planes to code (FORMAT.md §1.7) and their tables. With `planes` = -1, the count whose codes and tables are
+// smallest against the 8 raw bits an element spends on each plane (0 when no plane pays); else that count.
+void choose_planes(const std::vector<uint64_t>& hist, uint32_t n_tables, uint64_t numel, int planes, BlobInfo& b,
+                   std::vector<uint8_t>& plane_lengths) {
+  // lens[(table * 2 + plane) * 256 + byte] for plane 0 (bits 0..7) and 1 (bits 8..15); saved[plane] in bits
+  std::vector<uint8_t> lens(size_t(n_tables) * 2 * PLANE_SYMBOLS, 0);
+  int64_t saved[2] = {0, 0};
+  for (uint32_t j = 0; j < n_tables; ++j) {
+    for (int q = 0; q < 2; ++q) {
+      const uint64_t* h = &hist[(size_t(j) * 2 + q) * PLANE_SYMBOLS];
+      uint8_t* l = &lens[(size_t(j) * 2 + q) * PLANE_SYMBOLS];
+      uint64_t n = 0, bits = 0, used = 0;
+      for (size_t s = 0; s < PLANE_SYMBOLS; ++s) n += h[s], used += h[s] != 0;
+      if (n == 0) {  // a table no tile names: cannot happen (every table names a tile), but stays valid
+        l[0] = 1;
+      } else {
+        code_lengths(h, PLANE_SYMBOLS, PLANE_MAX_LEN, l);
+      }
+      // a constant plane (one byte value) takes 0 bits and stores no nibbles (FORMAT.md §1.7)
+      if (used > 1)
+        for (size_t s = 0; s < PLANE_SYMBOLS; ++s) bits += h[s] * l[s];
+      saved[q] += int64_t(8 * n) - int64_t(bits) - int64_t(8 * plane_table_bytes(l));
+    }
+  }
+  uint32_t p = 0;
+  if (planes < 0) {
+    if (saved[0] > 0) p = 1;
+    if (saved[0] + saved[1] > std::max<int64_t>(saved[0], 0)) p = 2;
+  } else {
+    p = uint32_t(planes);
+  }
+  b.planes = numel ? p : 0;
+  plane_lengths.assign(size_t(n_tables) * b.planes * PLANE_SYMBOLS, 0);
+  uint32_t max_len = 0;
+  for (uint32_t j = 0; j < n_tables; ++j) {
+    for (uint32_t q = 0; q < b.planes; ++q) {  // lane order: the higher plane first
+      const uint32_t plane = b.planes - 1 - q;
+      const uint8_t* src = &lens[(size_t(j) * 2 + plane) * PLANE_SYMBOLS];
+      std::copy_n(src, PLANE_SYMBOLS, &plane_lengths[(size_t(j) * b.planes + q) * PLANE_SYMBOLS]);
+      if (std::count_if(src, src + PLANE_SYMBOLS, [](uint8_t x) { return x != 0; }) > 1)
+        for (size_t s = 0; s < PLANE_SYMBOLS; ++s) max_len = std::max<uint32_t>(max_len, src[s]);
+    }
+  }
+  b.plane_max_len = b.planes ? max_len : 0;
+}
+
+// The plane codes: (code << 5) | length, a constant plane's byte in 0 bits.
+void plane_codes(const std::vector<uint8_t>& plane_lengths, std::vector<uint32_t>& enc) {
+  enc.assign(plane_lengths.size(), 0);
+  uint32_t pc[PLANE_SYMBOLS];
+  for (size_t j = 0; j < plane_lengths.size() / PLANE_SYMBOLS; ++j) {
+    const uint8_t* lens = &plane_lengths[j * PLANE_SYMBOLS];
+    if (std::count_if(lens, lens + PLANE_SYMBOLS, [](uint8_t l) { return l != 0; }) == 1) continue;
+    canonical_codes(lens, PLANE_SYMBOLS, pc);
+    for (size_t s = 0; s < PLANE_SYMBOLS; ++s) enc[j * PLANE_SYMBOLS + s] = (pc[s] << 5) | lens[s];
+  }
+}
+
 }  // namespace
 
 void histogram(const void* words, uint64_t n, const DtypeLayout& L, int threads, std::vector<uint64_t>& hist,
@@ -555,7 +661,8 @@ int choose_split(const std::vector<uint64_t>& hist, const DtypeLayout& L, uint64
 }
 
 Plan plan_v2(const void* words, const DtypeLayout& L, const uint64_t* shape, int ndim, uint32_t steps,
-             int max_code_len, int threads, int max_tables) {
+             int max_code_len, int threads, int max_tables, int planes) {
+  if (planes > MAX_PLANES || (planes > 0 && L.code != 2)) throw std::invalid_argument("low planes are coded for F32 only, at most 2");
   if (max_tables <= 0 || max_tables > MAX_TABLES) max_tables = MAX_TABLES;
   Plan plan;
   plan.threads = threads;
@@ -598,6 +705,14 @@ Plan plan_v2(const void* words, const DtypeLayout& L, const uint64_t* shape, int
   uint32_t max_len = 0;
   for (uint8_t l : plan.lengths) max_len = std::max<uint32_t>(max_len, l);
   b.max_code_len = max_len;
+  if (L.code == 2 && planes != 0 && numel) {  // F32: code the low byte planes where they pay
+    std::vector<uint64_t> ph;
+    plane_hists(static_cast<const uint32_t*>(words), b, plan.tile_table, threads, ph);
+    choose_planes(ph, b.n_tables, numel, planes, b, plan.plane_lengths);
+    derive_sizes(b);  // the raw field is 8 bits narrower per plane
+    plane_codes(plan.plane_lengths, plan.plane_enc);
+  }
+  b.version = b.planes ? V3 : V2;
   std::vector<uint32_t> codes(nsym);
   plan.enc.resize(plan.lengths.size());
   for (uint32_t j = 0; j < b.n_tables; ++j) {
@@ -659,6 +774,8 @@ Plan plan_v2(const void* words, const DtypeLayout& L, const uint64_t* shape, int
   b.tables_at = pos;
   b.tables_len = 0;
   for (uint32_t j = 0; j < b.n_tables; ++j) b.tables_len += table_bytes(&plan.lengths[j * nsym], nsym);
+  for (size_t j = 0; j < plan.plane_lengths.size() / PLANE_SYMBOLS; ++j)
+    b.tables_len += plane_table_bytes(&plan.plane_lengths[j * PLANE_SYMBOLS]);
   pos = align16(pos + b.tables_len);
   if (b.n_tables > 1) {
     b.tile_table_at = pos;
@@ -685,7 +802,7 @@ void write_v2(const Plan& plan, const void* words, uint8_t* out) {
   std::memset(out + b.codes_at + 4 * b.code_words, 0, b.raw_at - b.codes_at - 4 * b.code_words);
   std::memset(out + b.raw_at + 4 * b.raw_words, 0, b.total - b.raw_at - 4 * b.raw_words);
   wr32(out, BLOB_MAGIC);
-  out[4] = V2;
+  out[4] = uint8_t(b.version);
   out[5] = 0;
   out[6] = uint8_t(b.layout->code);
   out[7] = uint8_t(b.ndim);
@@ -694,6 +811,8 @@ void write_v2(const Plan& plan, const void* words, uint8_t* out) {
   out[10] = uint8_t(b.max_code_len);
   out[11] = uint8_t(b.n_tables);
   out[12] = uint8_t(b.lane_map);
+  out[13] = uint8_t(b.planes);
+  out[14] = uint8_t(b.plane_max_len);
   wr32(out + 16, b.steps);
   wr32(out + 20, b.n_tiles);
   wr64(out + 24, b.numel);
@@ -704,19 +823,23 @@ void write_v2(const Plan& plan, const void* words, uint8_t* out) {
   // symbol in nibbles
   const size_t nsym = size_t(1) << b.sym_bits;
   uint8_t* bm = out + b.tables_at;
-  for (uint32_t j = 0; j < b.n_tables; ++j) {
-    const uint8_t* lens = &plan.lengths[j * nsym];
-    uint8_t* nib = bm + (nsym + 7) / 8;
+  // a constant plane table (one used byte) stores its bitmap only
+  auto put_table = [&](const uint8_t* lens, size_t count, bool plane) {
+    uint8_t* nib = bm + (count + 7) / 8;
+    const bool constant = plane && std::count_if(lens, lens + count, [](uint8_t l) { return l != 0; }) == 1;
     size_t i = 0;
-    for (size_t s = 0; s < nsym; ++s) {
+    for (size_t s = 0; s < count; ++s) {
       uint32_t l = lens[s];
       if (!l) continue;
       bm[s >> 3] |= uint8_t(0x80 >> (s & 7));
-      nib[i >> 1] |= uint8_t((l - 1) << (4 * (i & 1)));
+      if (!constant) nib[i >> 1] |= uint8_t((l - 1) << (4 * (i & 1)));
       ++i;
     }
-    bm = nib + (i + 1) / 2;
-  }
+    bm = nib + (constant ? 0 : (i + 1) / 2);
+  };
+  for (uint32_t j = 0; j < b.n_tables; ++j) put_table(&plan.lengths[j * nsym], nsym, false);
+  for (size_t j = 0; j < plan.plane_lengths.size() / PLANE_SYMBOLS; ++j)
+    put_table(&plan.plane_lengths[j * PLANE_SYMBOLS], PLANE_SYMBOLS, true);
   if (b.n_tables > 1) std::memcpy(out + b.tile_table_at, plan.tile_table.data(), b.n_tiles);
   for (uint32_t t = 0; t <= b.n_tiles; ++t) wr32(out + b.tile_words_at + 4 * t, plan.tile_words[t]);
   for (uint32_t t = 0; t < b.n_tiles; ++t) wr32(out + b.tile_lanes_at + 4 * t, plan.tile_lanes[t]);

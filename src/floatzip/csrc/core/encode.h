@@ -15,6 +15,8 @@ struct Plan {
   BlobInfo info;
   std::vector<uint8_t> lengths;    // code length per symbol of each table, n_tables * 2^sym_bits (0 = unused)
   std::vector<uint32_t> enc;       // (code << 5) | length per symbol of each table, same order
+  std::vector<uint8_t> plane_lengths;  // v3: n_tables * planes * 256 (BlobInfo's order)
+  std::vector<uint32_t> plane_enc;     // (code << 5) | length, same order
   std::vector<uint8_t> tile_table; // the table of each tile; empty with one table
   std::vector<uint32_t> lane_bits; // n_tiles * 32
   std::vector<uint32_t> tile_words;  // n_tiles + 1
@@ -30,9 +32,10 @@ struct Plan {
 
 // words: numel unsigned integers of the dtype's width (the tensor's bits, row-major). max_tables: at most
 // this many code tables (1: one code for the whole tensor; 0 or above MAX_TABLES: up to MAX_TABLES, where
-// they make the blob smaller).
+// they make the blob smaller). planes (F32 only): the low byte planes to code (FORMAT.md §1.7): -1 lets the
+// encoder choose 0, 1 or 2 by coded size, 0..2 forces that many (a version 3 blob when above 0).
 Plan plan_v2(const void* words, const DtypeLayout& layout, const uint64_t* shape, int ndim, uint32_t steps,
-             int max_code_len, int threads, int max_tables = 0);
+             int max_code_len, int threads, int max_tables = 0, int planes = -1);
 void write_v2(const Plan& plan, const void* words, uint8_t* out);
 
 // The widest-split symbol histogram (exponent and max_k mantissa bits), and the data CRC, in one pass.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <stdexcept>
 
 namespace fz {
 
@@ -149,6 +150,27 @@ Tables build_tables(const uint8_t* lengths, size_t nsym, uint32_t shift, int bit
     }
   }
   return tb;
+}
+
+std::vector<uint16_t> build_plane_table(const uint8_t* lengths) {
+  std::vector<uint16_t> t(size_t(1) << PRIMARY_BITS, 0);
+  size_t used = 0, only = 0;
+  for (size_t s = 0; s < 256; ++s)
+    if (lengths[s]) ++used, only = s;
+  if (used == 1) {  // a constant plane: its byte in 0 bits (FORMAT.md §1.7)
+    std::fill(t.begin(), t.end(), uint16_t(only << 8));
+    return t;
+  }
+  uint32_t codes[256];
+  canonical_codes(lengths, 256, codes);
+  for (uint32_t s = 0; s < 256; ++s) {
+    const uint32_t l = lengths[s];
+    if (!l) continue;
+    if (l > uint32_t(PLANE_MAX_LEN)) throw std::logic_error("a plane code is longer than PLANE_MAX_LEN");
+    const uint32_t first = codes[s] << (PRIMARY_BITS - l), span = 1u << (PRIMARY_BITS - l);
+    for (uint32_t i = 0; i < span; ++i) t[first + i] = uint16_t((s << 8) | l);
+  }
+  return t;
 }
 
 }  // namespace fz

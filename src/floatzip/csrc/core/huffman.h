@@ -25,4 +25,9 @@ struct Tables {
 // `pattern_of(s)` for the dtype: the symbol's bits in place (see fz_lane.h); lengths must be a prefix code.
 Tables build_tables(const uint8_t* lengths, size_t nsym, uint32_t shift, int bits);
 
+// The decode table of a low plane's code (lengths of 256 byte values, each at most PLANE_MAX_LEN): 4096
+// entries (byte << 8) | length over the next 12 bits, 0 where no code starts (fz_lane.h's Code::planes). A
+// table of one used byte codes it in 0 bits (every entry: that byte, length 0).
+std::vector<uint16_t> build_plane_table(const uint8_t* lengths);
+
 }  // namespace fz

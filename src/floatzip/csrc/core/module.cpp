@@ -77,7 +77,7 @@ const DtypeLayout& layout_or_throw(int code) {
 int threads_or_default(int threads) { return threads > 0 ? threads : default_threads(); }
 
 nb::bytes compress(nb::handle words, int dtype_code, std::vector<uint64_t> shape, uint32_t steps, int max_code_len,
-                   int threads, int max_tables) {
+                   int threads, int max_tables, int planes) {
   const DtypeLayout& L = layout_or_throw(dtype_code);
   Buffer in(words, false, "words");
   if (shape.size() > size_t(MAX_NDIM)) throw nb::value_error("at most 8 dimensions");
@@ -87,6 +87,8 @@ nb::bytes compress(nb::handle words, int dtype_code, std::vector<uint64_t> shape
   if (steps < 8 || steps > MAX_STEPS || steps % 8) throw nb::value_error("steps must be a multiple of 8 in [8, 8192]");
   if (max_code_len < 1 || max_code_len > MAX_CODE_LEN) throw nb::value_error("max_code_len must be in [1, 16]");
   if (max_tables < 0 || max_tables > MAX_TABLES) throw nb::value_error("max_tables must be in [0, 16]");
+  if (planes < -1 || planes > MAX_PLANES || (planes > 0 && L.code != 2))
+    throw nb::value_error("planes must be -1 (the encoder's choice) or 0, and 1 or 2 only for F32");
   threads = threads_or_default(threads);
   // the words must be aligned to their width for the encoder's loads
   std::vector<uint32_t> copy;
@@ -99,7 +101,7 @@ nb::bytes compress(nb::handle words, int dtype_code, std::vector<uint64_t> shape
   Plan plan;
   {
     nb::gil_scoped_release nogil;
-    plan = plan_v2(w, L, shape.data(), int(shape.size()), steps, max_code_len, threads, max_tables);
+    plan = plan_v2(w, L, shape.data(), int(shape.size()), steps, max_code_len, threads, max_tables, planes);
   }
   PyObject* out = PyBytes_FromStringAndSize(nullptr, Py_ssize_t(plan.info.total));
   if (!out) throw nb::python_error();
@@ -114,7 +116,11 @@ nb::bytes compress(nb::handle words, int dtype_code, std::vector<uint64_t> shape
 
 nb::dict info_dict(const BlobInfo& b) {
   nb::dict d;
-  d["version"] = 2;
+  d["version"] = b.version;
+  d["planes"] = b.planes;
+  d["plane_max_len"] = b.plane_max_len;
+  d["raw_bits"] = b.raw_bits;
+  d["plane_lengths"] = nb::bytes(reinterpret_cast<const char*>(b.plane_lengths.data()), b.plane_lengths.size());
   d["dtype_code"] = b.layout->code;
   std::vector<uint64_t> shape(b.shape, b.shape + b.ndim);
   d["shape"] = nb::tuple(nb::cast(shape));
@@ -281,6 +287,16 @@ nb::tuple tables_py(nb::handle lengths, uint32_t shift, int bits) {
       nb::bytes(reinterpret_cast<const char*>(offset.data()), 8 * offset.size()), tb.longc.max_len);
 }
 
+// The decode table of one low plane's code (256 lengths): 4096 16-bit entries, as the kernel reads them.
+nb::bytes plane_table_py(nb::handle lengths) {
+  Buffer ln(lengths, false, "lengths");
+  if (ln.size() != PLANE_SYMBOLS) throw nb::value_error("a plane table has 256 lengths");
+  for (size_t s = 0; s < PLANE_SYMBOLS; ++s)
+    if (ln.data()[s] > PLANE_MAX_LEN) throw nb::value_error("a plane code is longer than 12 bits");
+  std::vector<uint16_t> t = build_plane_table(ln.data());
+  return nb::bytes(reinterpret_cast<const char*>(t.data()), 2 * t.size());
+}
+
 // Start and end bit of each lane of tile t.
 nb::tuple lane_starts_py(nb::handle blob, uint32_t t) {
   Buffer in(blob, false, "blob");
@@ -317,12 +333,12 @@ struct BatchBuffers {
     }
     const size_t n_tiles = tiles.size() / sizeof(TileDesc);
     if (jobs.size() % sizeof(JobDesc) || tiles.size() % sizeof(TileDesc) || longcs.size() % sizeof(LongCodes) ||
-        primaries.size() % (4 << PRIMARY_BITS) || primaries.size() / (4 << PRIMARY_BITS) != longcs.size() / sizeof(LongCodes) ||
+        primaries.size() % (4 << PRIMARY_BITS) || primaries.size() / (4 << PRIMARY_BITS) < longcs.size() / sizeof(LongCodes) ||
         long_at.size() != 8 * (longcs.size() / sizeof(LongCodes)) || (errors && errors->size() != 4 * n_tiles))
       throw nb::value_error("batch array sizes do not match");
     n = BatchSizes{jobs.size() / sizeof(JobDesc), n_tiles, codes.size() / 4, raw.size() / 4,
                    deltas.size() / 4, long_patterns.size() / 4, longcs.size() / sizeof(LongCodes),
-                   out ? out->size() : out_bytes};
+                   out ? out->size() : out_bytes, primaries.size() / (4 << PRIMARY_BITS)};
     if (n.codes == 0) throw nb::value_error("empty code stream");
     a = BatchArrays{reinterpret_cast<const JobDesc*>(jobs.data()), reinterpret_cast<const TileDesc*>(tiles.data()),
                     reinterpret_cast<const u32*>(codes.data()), n.codes - 1,
@@ -335,11 +351,11 @@ struct BatchBuffers {
 
 void validate_batch_py(nb::handle jobs, nb::handle tiles, nb::handle codes, nb::handle raw, nb::handle deltas,
                        nb::handle primaries, nb::handle longcs, nb::handle long_patterns, nb::handle long_at,
-                       size_t out_bytes, int bits) {
+                       size_t out_bytes, int bits, uint32_t planes) {
   BatchBuffers b(jobs, tiles, codes, raw, deltas, primaries, longcs, long_patterns, long_at, nb::none(), nb::none(),
                  out_bytes);
   try {
-    validate_batch(b.a, b.n, bits);
+    validate_batch(b.a, b.n, bits, planes);
   } catch (const std::invalid_argument& e) {
     throw nb::value_error(e.what());
   }
@@ -351,7 +367,7 @@ void decode_batch_host_py(nb::handle jobs, nb::handle tiles, nb::handle codes, n
   if (out.is_none() || errors.is_none()) throw nb::value_error("out and errors are needed");
   BatchBuffers b(jobs, tiles, codes, raw, deltas, primaries, longcs, long_patterns, long_at, out, errors, 0);
   try {
-    validate_batch(b.a, b.n, bits);
+    validate_batch(b.a, b.n, bits, bits == 32 ? r : 0);
   } catch (const std::invalid_argument& e) {
     throw nb::value_error(e.what());
   }
@@ -475,10 +491,11 @@ NB_MODULE(_core, m) {
   m.attr("CODE_PAD_WORDS") = CODE_PAD_WORDS;
   m.attr("RAW_PAD_WORDS") = RAW_PAD_WORDS;
   m.def("compress", &compress, nb::arg("words"), nb::arg("dtype_code"), nb::arg("shape"), nb::arg("steps"),
-        nb::arg("max_code_len") = 16, nb::arg("threads") = 0, nb::arg("max_tables") = 0,
-        "Encode a tensor's words as a v2 blob.\n\nmax_tables: at most this many code tables (0: the\n"
-        "encoder's choice of up to 16; 1: one code for the tensor).");
-  m.def("parse", &parse, nb::arg("blob"), nb::arg("check_crc") = true, "Parse and validate a v2 blob.");
+        nb::arg("max_code_len") = 16, nb::arg("threads") = 0, nb::arg("max_tables") = 0, nb::arg("planes") = -1,
+        "Encode a tensor's words as a v2 blob (v3 with coded low planes).\n\nmax_tables: at most this many code\n"
+        "tables (0: the encoder's choice of up to 16; 1: one code for the tensor). planes (F32): the low byte\n"
+        "planes to code, -1: the encoder's choice by coded size.");
+  m.def("parse", &parse, nb::arg("blob"), nb::arg("check_crc") = true, "Parse and validate a v2 or v3 blob.");
   m.def("decode", &decode, nb::arg("blob"), nb::arg("out"), nb::arg("threads") = 0, nb::arg("check_blob_crc") = false,
         nb::arg("check_data_crc") = true, "Decode a v2 blob into `out` (numel words).");
   m.def("decode_tiles", &decode_tiles, nb::arg("blob"), nb::arg("first"), nb::arg("count"), nb::arg("out"),
@@ -493,6 +510,10 @@ NB_MODULE(_core, m) {
         "Optimal code lengths of at most max_len bits.");
   m.def("tables", &tables_py, nb::arg("lengths"), nb::arg("shift"), nb::arg("bits"),
         "Decode tables (primary, long patterns, limits, offsets, max length) for one code.");
+  m.def("plane_table", &plane_table_py, nb::arg("lengths"),
+        "The decode table (4096 entries (byte << 8) | length) of one low plane's code.");
+  m.attr("MAX_PLANES") = MAX_PLANES;
+  m.attr("PLANE_MAX_LEN") = PLANE_MAX_LEN;
   m.def("lane_starts", &lane_starts_py, nb::arg("blob"), nb::arg("tile"), "Start and end bit of each lane of a tile.");
   m.def("default_threads", &default_threads, "Threads the core uses by default.");
   m.def("df11_decode", &df11_decode_py, nb::arg("stream"), nb::arg("n_bits"), nb::arg("gaps"), nb::arg("window_bits"),
@@ -507,11 +528,14 @@ NB_MODULE(_core, m) {
         "The long-code table of one code, as the kernel's LongCodes struct.");
   m.def("validate_batch", &validate_batch_py, nb::arg("jobs"), nb::arg("tiles"), nb::arg("codes"), nb::arg("raw"),
         nb::arg("deltas"), nb::arg("primaries"), nb::arg("longcs"), nb::arg("long_patterns"), nb::arg("long_at"),
-        nb::arg("out_bytes"), nb::arg("bits"), "Check every index a decode batch's kernel reads by.");
+        nb::arg("out_bytes"), nb::arg("bits"), nb::arg("planes") = 0,
+        "Check every index a decode batch's kernel reads by (planes: the F32 kernel's coded low planes).");
   m.def("decode_batch_host", &decode_batch_host_py, nb::arg("jobs"), nb::arg("tiles"), nb::arg("codes"),
         nb::arg("raw"), nb::arg("deltas"), nb::arg("primaries"), nb::arg("longcs"), nb::arg("long_patterns"),
         nb::arg("long_at"), nb::arg("out"), nb::arg("errors"), nb::arg("bits"), nb::arg("r"), nb::arg("long_codes"),
-        nb::arg("threads") = 0, "Decode a batch's arrays on the CPU exactly as the decode kernel does on the GPU.");
+        nb::arg("threads") = 0,
+        "Decode a batch's arrays on the CPU exactly as the decode kernel does on the GPU (r: the raw width of a\n"
+        "16-bit kernel, the coded low planes of the F32 one).");
   m.attr("GEMV_MAX_BATCH") = GEMV_MAX_BATCH;
   m.def("validate_gemv", &validate_gemv_py, nb::arg("jobs"), nb::arg("tiles"), nb::arg("codes"), nb::arg("raw"),
         nb::arg("deltas"), nb::arg("primaries"), nb::arg("longcs"), nb::arg("long_patterns"), nb::arg("long_at"),
