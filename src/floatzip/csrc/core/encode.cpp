@@ -514,18 +514,20 @@ uint64_t plane_table_bytes(const uint8_t* lengths) {
 }
 
 // Counts of the two lowest bytes of F32 words (bits 0..7, then 8..15) per code table: out[(table * 2 + plane) *
-// 256 + byte]. Tiles are counted in parallel, a chunk of them at a time, and added per table in tile order.
+// 256 + byte], over every `stride`-th tile. Tiles are counted in parallel, a chunk of them at a time, and added
+// per table in tile order.
 void plane_hists(const uint32_t* w, const BlobInfo& b, const std::vector<uint8_t>& tile_table, int threads,
-                 std::vector<uint64_t>& out) {
+                 std::vector<uint64_t>& out, uint32_t stride = 1) {
   out.assign(size_t(b.n_tables) * 2 * PLANE_SYMBOLS, 0);
   constexpr uint32_t CHUNK = 1024;
   std::vector<uint32_t> cnt(size_t(CHUNK) * 2 * PLANE_SYMBOLS);
-  for (uint32_t t0 = 0; t0 < b.n_tiles; t0 += CHUNK) {
-    const uint32_t n = std::min(CHUNK, b.n_tiles - t0);
+  const uint32_t counted = (b.n_tiles + stride - 1) / stride;
+  for (uint32_t t0 = 0; t0 < counted; t0 += CHUNK) {
+    const uint32_t n = std::min(CHUNK, counted - t0);
     parallel_for(n, threads, [&](size_t i) {
       uint32_t* c = &cnt[i * 2 * PLANE_SYMBOLS];
       std::fill_n(c, 2 * PLANE_SYMBOLS, 0u);
-      const uint32_t t = t0 + uint32_t(i);
+      const uint32_t t = (t0 + uint32_t(i)) * stride;
       const uint32_t* x = w + uint64_t(t) * b.tile_elems;
       const uint64_t m = b.tile_elements(t);
       for (uint64_t k = 0; k < m; ++k) {
@@ -534,10 +536,39 @@ void plane_hists(const uint32_t* w, const BlobInfo& b, const std::vector<uint8_t
       }
     });
     for (uint32_t i = 0; i < n; ++i) {
-      uint64_t* o = &out[size_t(tile_table.empty() ? 0 : tile_table[t0 + i]) * 2 * PLANE_SYMBOLS];
+      const uint32_t t = (t0 + i) * stride;
+      uint64_t* o = &out[size_t(tile_table.empty() ? 0 : tile_table[t]) * 2 * PLANE_SYMBOLS];
       for (size_t k = 0; k < 2 * PLANE_SYMBOLS; ++k) o[k] += cnt[i * 2 * PLANE_SYMBOLS + k];
     }
   }
+}
+
+// Whether coding a low plane may pay, judged on every stride-th tile (up to every PLANE_SAMPLE-th, at least
+// two tiles of up to 32 K elements): a tensor whose low bytes are noise (most F32 weights) skips the full
+// count, which costs a quarter of its encode. Conservative: a sample's Huffman lengths fit it better than the
+// whole (savings read high), its tables use fewer bytes (cheaper), and one plane paying is enough.
+constexpr uint32_t PLANE_SAMPLE = 8;
+bool planes_may_pay(const uint32_t* w, const BlobInfo& b, const std::vector<uint8_t>& tile_table, int threads) {
+  const uint32_t stride = std::min(PLANE_SAMPLE, b.n_tiles / 2);
+  if (stride < 2) return true;  // too few tiles to sample: the full count decides
+  std::vector<uint64_t> hist;
+  plane_hists(w, b, tile_table, threads, hist, stride);
+  int64_t saved[2] = {0, 0};
+  uint8_t l[PLANE_SYMBOLS];
+  for (uint32_t j = 0; j < b.n_tables; ++j) {
+    for (int q = 0; q < 2; ++q) {
+      const uint64_t* h = &hist[(size_t(j) * 2 + q) * PLANE_SYMBOLS];
+      uint64_t n = 0, used = 0, bits = 0;
+      for (size_t s = 0; s < PLANE_SYMBOLS; ++s) n += h[s], used += h[s] != 0;
+      if (n == 0) continue;  // a table the sample missed
+      std::fill_n(l, PLANE_SYMBOLS, 0);
+      code_lengths(h, PLANE_SYMBOLS, PLANE_MAX_LEN, l);
+      if (used > 1)
+        for (size_t s = 0; s < PLANE_SYMBOLS; ++s) bits += h[s] * l[s];
+      saved[q] += int64_t(stride) * (int64_t(8 * n) - int64_t(bits)) - int64_t(8 * plane_table_bytes(l));
+    }
+  }
+  return saved[0] > 0 || saved[1] > 0;
 }
 
 // The planes to code (FORMAT.md §1.7) and their tables. With `planes` = -1, the count whose codes and tables are
@@ -705,7 +736,9 @@ Plan plan_v2(const void* words, const DtypeLayout& L, const uint64_t* shape, int
   uint32_t max_len = 0;
   for (uint8_t l : plan.lengths) max_len = std::max<uint32_t>(max_len, l);
   b.max_code_len = max_len;
-  if (L.code == 2 && planes != 0 && numel) {  // F32: code the low byte planes where they pay
+  // F32: code the low byte planes where they pay
+  if (L.code == 2 && planes != 0 && numel && (planes > 0 || planes_may_pay(static_cast<const uint32_t*>(words), b,
+                                                                           plan.tile_table, threads))) {
     std::vector<uint64_t> ph;
     plane_hists(static_cast<const uint32_t*>(words), b, plan.tile_table, threads, ph);
     choose_planes(ph, b.n_tables, numel, planes, b, plan.plane_lengths);
