@@ -110,6 +110,17 @@ def test_diffusion_transformer_runs_compressed_bit_for_bit(folders: dict[str, tu
     assert "resident total" in str(report) and "decoded just before it runs" in str(report)
 
 
+def test_installed_parameters_require_grad_as_the_plain_models(folders: dict[str, tuple[Path, Path]]) -> None:
+    plain, fz = folders["wan"]  # with float32 modules, decoded once and kept plain
+    a, _ = _run("wan", plain)
+    b, _ = _run("wan", fz)
+    assert runtime_of(b) is not None
+    expect = {n: p.requires_grad for n, p in a.named_parameters(remove_duplicate=False)}
+    assert (
+        all(expect.values()) and {n: p.requires_grad for n, p in b.named_parameters(remove_duplicate=False)} == expect
+    )
+
+
 def test_wan_keeps_its_float32_modules(folders: dict[str, tuple[Path, Path]]) -> None:
     plain, fz = folders["wan"]
     a, _ = _run("wan", plain)

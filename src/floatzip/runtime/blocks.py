@@ -51,6 +51,19 @@ ALIGN = 256
 
 RUNTIME_ATTR = "_floatzip_runtime"
 
+PARAM_REQUIRES_GRAD = True
+"""``requires_grad`` of every float parameter the runtime installs: what a plain ``from_pretrained`` gives. With
+False, ``torch.matmul`` runs a 3-D input that does not fold without a copy (transformers' ``lm_head`` on
+``hidden_states[:, -1:, :]``) as a batched product over the broadcast weight: 50x slower for an 8B model's head on
+the CPU (BENCHMARKS.md). Inference under ``torch.no_grad`` / ``inference_mode`` is the caller's business, as for
+the plain model (``generate`` runs under no_grad)."""
+
+
+def parameter(t: torch.Tensor) -> nn.Parameter:
+    """``t`` as the runtime installs a parameter: requiring grad as the plain model's do (:data:`PARAM_REQUIRES_GRAD`)
+    when its dtype can (floats), else not (a blob's bytes, integers)."""
+    return nn.Parameter(t, requires_grad=PARAM_REQUIRES_GRAD and (t.is_floating_point() or t.is_complex()))
+
 
 # ---------------------------------------------------------------------------------------------
 # block discovery
@@ -840,7 +853,7 @@ class FloatzipRuntime:
         tied: dict[int, nn.Parameter] = {}
         for name, t in decoded.items():
             module, attr = _slot(model, name)
-            p = tied.setdefault(id(t), nn.Parameter(t, requires_grad=False))
+            p = tied.setdefault(id(t), parameter(t))
             module._parameters[attr] = p
         _unregister(self._keys)
         self.units.clear()
@@ -1000,7 +1013,7 @@ def install(
             module, attr = _slot(model, n)
             dtype, shape = rt.shapes[n]
             stand_in = torch.zeros(1, dtype=dtype, device=unit.device).expand(shape)  # no data, the right face
-            module._parameters[attr] = nn.Parameter(stand_in, requires_grad=False)
+            module._parameters[attr] = parameter(stand_in)
             assert isinstance(module, nn.Embedding)
             rt._register(i)
             module.__dict__["forward"] = _row_forward(module, unit.key)  # an instance attribute, as in materialize
@@ -1009,7 +1022,7 @@ def install(
             module, attr = _slot(model, n)
             dtype, shape = rt.shapes[n]
             view = buffer_view(buf, unit.decoder.offsets[rt.slots[n][1]], dtype, shape)
-            module._parameters[attr] = nn.Parameter(view, requires_grad=False)
+            module._parameters[attr] = parameter(view)
         if isinstance(unit.decoder, _FusedDecoder):
             rt._register_fused(i, model)  # no pre-hook: each Linear decodes (or multiplies) its own weight
             continue
@@ -1084,7 +1097,7 @@ def _decode_outside_units(
             device = current.device if current is not None and current.device.type != "meta" else torch.device("cpu")
         if id(ct) not in decoded:
             decoded[id(ct)] = decompress_tensor(ct).to(device)
-        module._parameters[attr] = nn.Parameter(decoded[id(ct)], requires_grad=False)
+        module._parameters[attr] = parameter(decoded[id(ct)])
     return kept
 
 

@@ -120,13 +120,13 @@ class FloatzipDiffusersQuantizer(LoadingMixin, DiffusersQuantizer):
         if member is not None:
             if attr in module._buffers:
                 module._buffers[attr] = member
-                return torch.nn.Parameter(member, requires_grad=False)
-            module._parameters[attr] = param = torch.nn.Parameter(member, requires_grad=False)
+                return blocks.parameter(member)
+            module._parameters[attr] = param = blocks.parameter(member)
             return param
         if param_name in self.buffers:
             module._buffers[attr] = self.decoded_buffer(param_name, param_value.to(device))
-            return torch.nn.Parameter(module._buffers[attr], requires_grad=False)
-        param = torch.nn.Parameter(param_value.to(device), requires_grad=False)
+            return blocks.parameter(module._buffers[attr])
+        param = blocks.parameter(param_value.to(device))
         module._parameters[attr] = param
         return param
 

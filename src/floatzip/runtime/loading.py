@@ -183,7 +183,7 @@ class LoadingMixin:
                 continue
             if id(t) not in filled:
                 value = self.member_slot(name, t)
-                filled[id(t)] = value if value is None or table == "_buffers" else torch.nn.Parameter(value, False)
+                filled[id(t)] = value if value is None or table == "_buffers" else blocks.parameter(value)
             value = filled[id(t)]
             if value is not None:
                 module_path, _, attr = name.rpartition(".")
@@ -254,7 +254,7 @@ def _dtype_arg(dtype: torch.dtype) -> str:
 def _set_plain(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
     module_path, _, attr = name.rpartition(".")
     module = model.get_submodule(module_path) if module_path else model
-    module._parameters[attr] = torch.nn.Parameter(value, requires_grad=False)
+    module._parameters[attr] = blocks.parameter(value)
 
 
 def names_under(model: torch.nn.Module, modules: Sequence[str]) -> set[str]:

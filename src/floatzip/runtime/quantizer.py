@@ -234,7 +234,7 @@ class FloatzipHfQuantizer(LoadingMixin, HfQuantizer):
                         continue
                     stand: torch.Tensor = torch.empty(wanted[0], dtype=wanted[1], device="meta")
                     if table is module._parameters:
-                        stand = torch.nn.Parameter(stand, requires_grad=False)
+                        stand = blocks.parameter(stand)
                     stand._is_hf_initialized = True  # type: ignore[attr-defined]
                     aside.append((table, attr, t))
                     table[attr] = stand
