@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     head = nn.Linear(args.hidden, args.vocab, bias=False, dtype=torch.bfloat16)
     with torch.no_grad():
         head.weight.copy_(weight)
-    install(head, {"weight": compress_tensor(weight)})
+    install(head, {"weight": compress_tensor(weight)}, cpu_strategy="per_unit")
     rt = runtime_of(head)
     assert rt is not None and rt.is_view(head.weight)
     x = inputs[f"hidden[:, -1:, :] of [1, {args.prompt}, H]"]

@@ -31,30 +31,34 @@ def _requires_grad(model: torch.nn.Module) -> dict[str, bool]:
     return {n: p.requires_grad for n, p in model.named_parameters(remove_duplicate=False)}
 
 
+@pytest.mark.parametrize("cpu_strategy", ["per_unit", "once"])
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text", "mixtral"])  # tied + row-decoded; stacked MoE experts
-def test_installed_parameters_require_grad_as_the_plain_models(tiny_models: dict[str, Fixture], arch: str) -> None:
+def test_installed_parameters_require_grad_as_the_plain_models(
+    tiny_models: dict[str, Fixture], arch: str, cpu_strategy: str
+) -> None:
     fx = tiny_models[arch]
     expect = _requires_grad(_load(fx.original))
-    model = _load(fx.compressed)
+    model = _load(fx.compressed, cpu_strategy=cpu_strategy)
     rt = runtime_of(model)
     assert rt is not None
     assert PARAM_REQUIRES_GRAD and all(expect.values())
     assert _requires_grad(model) == expect
-    installed = set(rt.slots)  # the decode-buffer views and stand-ins
+    installed = set(rt.slots) | rt.once  # the decode-buffer views and stand-ins, or the tensors decoded at load
     assert installed and installed <= set(expect)
 
 
 def test_load_model_parameters_require_grad_as_the_modules(tmp_path: Path) -> None:
     net = _net()
     compress_model(net, tmp_path / "fz")
-    loaded = load_model(Net().to(torch.bfloat16), tmp_path / "fz", keep_compressed=True)
-    assert runtime_of(loaded) is not None and _requires_grad(loaded) == _requires_grad(net)
+    for cpu_strategy in ("per_unit", "once"):
+        loaded = load_model(Net().to(torch.bfloat16), tmp_path / "fz", keep_compressed=True, cpu_strategy=cpu_strategy)
+        assert _requires_grad(loaded) == _requires_grad(net), cpu_strategy
 
 
 def test_hooks_refill_views_that_require_grad(tiny_models: dict[str, Fixture]) -> None:
     fx = tiny_models["gemma3_text"]
     ref = _load(fx.original)
-    model = _load(fx.compressed)
+    model = _load(fx.compressed, cpu_strategy="per_unit")
     rt = runtime_of(model)
     assert rt is not None
     views = {n: p for n, p in model.named_parameters(remove_duplicate=False) if rt.is_view(p)}

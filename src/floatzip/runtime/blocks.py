@@ -44,7 +44,8 @@ from floatzip.decode import decompress_tensor
 from floatzip.errors import BackendError, InputError, IntegrityError
 from floatzip.format.blob import CompressedTensor
 from floatzip.format.spec import align
-from floatzip.runtime import ops
+from floatzip.runtime import ops, strategy
+from floatzip.runtime.strategy import CpuDecision
 
 ALIGN = 256
 """Alignment, in bytes, of every parameter in a decode buffer (the CUDA backend's own default)."""
@@ -584,11 +585,14 @@ class Unit:
 
 @dataclass(frozen=True)
 class MemoryReport:
-    """Where a floatzip model's weight bytes are.
+    """Where a floatzip model's weight bytes are, and which ``cpu_strategy`` is in force (``cpu``: what was asked,
+    what is in force, and for ``"auto"`` the figures it compared).
 
     ``resident_bytes`` (on the devices) = ``compressed_bytes`` (unless offloaded) + ``buffer_bytes``
-    + ``staging_bytes`` + ``plain_bytes``; offloaded compressed bytes are in ``host_bytes``.
-    ``uncompressed_bytes`` is what the same weights take fully decoded (``decoded_bytes`` + ``plain_bytes``).
+    + ``staging_bytes`` + ``once_bytes`` + ``plain_bytes``; offloaded compressed bytes are in ``host_bytes``.
+    ``once_bytes`` are the weights decoded at load (``cpu_strategy="once"``), held as plain tensors.
+    ``uncompressed_bytes`` is what the same weights take fully decoded (``decoded_bytes`` + ``once_bytes`` +
+    ``plain_bytes``).
     """
 
     compressed_bytes: int
@@ -601,14 +605,22 @@ class MemoryReport:
     largest_unit_bytes: int
     per_device: dict[str, int] = field(default_factory=dict)
     row_units: int = 0  # embeddings decoded by rows (they take no room in the buffer)
+    once_bytes: int = 0
+    once_tensors: int = 0
+    cpu: CpuDecision = field(default_factory=lambda: CpuDecision("per_unit", "auto", "not decided"))
+
+    @property
+    def strategy(self) -> str:
+        """The ``cpu_strategy`` in force: ``"once"`` or ``"per_unit"``."""
+        return self.cpu.strategy
 
     @property
     def resident_bytes(self) -> int:
-        return self.compressed_bytes + self.buffer_bytes + self.staging_bytes + self.plain_bytes
+        return self.compressed_bytes + self.buffer_bytes + self.staging_bytes + self.once_bytes + self.plain_bytes
 
     @property
     def uncompressed_bytes(self) -> int:
-        return self.decoded_bytes + self.plain_bytes
+        return self.decoded_bytes + self.once_bytes + self.plain_bytes
 
     @property
     def ratio(self) -> float:
@@ -619,22 +631,38 @@ class MemoryReport:
         return self.format()
 
     def format(self) -> str:
+        """An aligned table: a row per kind of weight bytes (MiB), the ratio, then the strategy and why."""
         mib = 1 << 20
-        rows = [
-            ("compressed weights (resident)", self.compressed_bytes),
-            ("compressed weights (offloaded to host)", self.host_bytes),
-            ("decode buffers", self.buffer_bytes),
-            ("offload staging", self.staging_bytes),
-            ("plain weights (norms, biases, small)", self.plain_bytes),
-            ("resident total", self.resident_bytes),
-            ("uncompressed model", self.uncompressed_bytes),
+        rows: list[tuple[str, str]] = [
+            ("compressed weights (resident)", f"{self.compressed_bytes / mib:.3f}"),
+            ("compressed weights (offloaded to host)", f"{self.host_bytes / mib:.3f}"),
+            ("decode buffers", f"{self.buffer_bytes / mib:.3f}"),
+            ("offload staging", f"{self.staging_bytes / mib:.3f}"),
+            ("weights decoded once at load", f"{self.once_bytes / mib:.3f}"),
+            ("plain weights (norms, biases, small)", f"{self.plain_bytes / mib:.3f}"),
+            ("resident total", f"{self.resident_bytes / mib:.3f}"),
+            ("uncompressed model", f"{self.uncompressed_bytes / mib:.3f}"),
+            ("resident / uncompressed (%)", f"{100 * self.ratio:.2f}"),
+            ("units decoded per forward", f"{self.units}"),
         ]
-        lines = [f"  {k:<40} {v / mib:10.3f} MiB" for k, v in rows]
-        lines.append(f"  {'resident / uncompressed':<40} {100 * self.ratio:9.2f} %  ({self.units} units)")
-        how = f"  each unit decoded just before it runs into one buffer of {self.largest_unit_bytes / mib:.3f} MiB"
-        if self.row_units:
-            how += f"; {self.row_units} embedding(s) decoded only in the rows looked up"
-        lines.append(how)
+        if len(self.per_device) > 1:
+            rows += [(f"resident on {d}", f"{n / mib:.3f}") for d, n in sorted(self.per_device.items())]
+        width = max(len(k) for k, _ in rows)
+        values = max(10, *(len(v) for _, v in rows))
+        lines = [f"  {'weights':<{width}}  {'MiB':>{values}}"]
+        lines += [f"  {k:<{width}}  {v:>{values}}" for k, v in rows]
+        how: list[str] = []
+        if self.once_tensors:
+            how.append(f"{self.once_tensors} tensor(s) decoded at load into plain parameters, compressed bytes dropped")
+        if self.units:
+            each = f"each unit decoded just before it runs into one buffer of {self.largest_unit_bytes / mib:.3f} MiB"
+            if self.row_units:
+                each += f"; {self.row_units} embedding(s) decoded only in the rows looked up"
+            how.append(each)
+        asked = "" if self.cpu.asked == self.cpu.strategy else f" (asked: {self.cpu.asked})"
+        text = [("cpu_strategy", f"{self.cpu.strategy}{asked}"), ("why", self.cpu.reason)]
+        text += [("how", h) for h in how]
+        lines += [f"  {k:<{width}}  {v}" for k, v in text]
         return "\n".join(lines)
 
 
@@ -654,6 +682,8 @@ class FloatzipRuntime:
         self._keys: list[tuple[int, str]] = []  # (key in floatzip.runtime.ops, "decode" / "rows" / "gemv")
         self._forwards: list[nn.Module] = []  # modules given an instance forward (fused Linears)
         self.fused: dict[str, tuple[int, int]] = {}  # fused Linear weight name -> (decode key, floatzip::gemv key)
+        self.cpu = CpuDecision("per_unit", "auto", "not decided yet")  # the cpu_strategy in force (install sets it)
+        self.once: set[str] = set()  # parameters decoded at load (cpu_strategy "once"): plain, no unit
         weakref.finalize(self, _unregister, self._keys)
 
     # -- buffers -------------------------------------------------------------------------
@@ -814,14 +844,18 @@ class FloatzipRuntime:
             per_device[dev] = per_device.get(dev, 0) + nbytes
         for d, b in [*self.buffers.items(), *self.staging.items()]:
             per_device[str(d)] = per_device.get(str(d), 0) + b.numel()
-        plain = 0
+        plain = once = 0
         seen: set[int] = set()
+        decoded_once = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n in self.once}
         for t in [*model.parameters(), *model.buffers()]:
             ptr = t.untyped_storage().data_ptr()
             if t.device.type == "meta" or self.is_view(t) or ptr in seen:
                 continue
             seen.add(ptr)
-            plain += t.untyped_storage().nbytes()
+            if id(t) in decoded_once:
+                once += t.untyped_storage().nbytes()
+            else:
+                plain += t.untyped_storage().nbytes()
             per_device[str(t.device)] = per_device.get(str(t.device), 0) + t.untyped_storage().nbytes()
         sources = {id(ct): ct.original_nbytes for ct in self._sources.values()}
         return MemoryReport(
@@ -835,6 +869,9 @@ class FloatzipRuntime:
             largest_unit_bytes=max((u.nbytes for u in self.units), default=0),
             row_units=sum(isinstance(u.decoder, _RowDecoder) for u in self.units),
             per_device=per_device,
+            once_bytes=once,
+            once_tensors=len(decoded_once),
+            cpu=self.cpu,
         )
 
     # -- teardown ------------------------------------------------------------------------
@@ -899,6 +936,8 @@ def install(
     offload: bool = False,
     blocks: Sequence[str] | None = None,
     fused: bool = False,
+    cpu_strategy: str = "auto",
+    available_bytes: int | None = None,
 ) -> FloatzipRuntime:
     """Make ``model`` run from ``compressed`` (qualified parameter name -> compressed tensor).
 
@@ -912,7 +951,14 @@ def install(
     weights runs each Linear by the fused decode-GEMV when its input has at most 8 rows (not bit-identical to
     the BF16 model: another fp32 summation order, docs/KERNELS.md), and by its own decode and the same matmul
     otherwise (bit-identical); other units run as without it.
+
+    ``cpu_strategy`` (:mod:`floatzip.runtime.strategy`) picks how the weights decoded by a CPU backend are held:
+    ``"once"`` decodes them all now into plain parameters (checked against their CRCs; their compressed bytes are
+    not kept), ``"per_unit"`` keeps them compressed and decodes each unit just before it runs, ``"auto"`` decodes
+    once when the decoded weights fit the available memory with a clear margin. ``available_bytes`` replaces the
+    figure ``"auto"`` reads from the system (``strategy.available_memory``).
     """
+    strategy.check_cpu_strategy(cpu_strategy)
     if getattr(model, RUNTIME_ATTR, None) is not None:
         raise InputError("floatzip's runtime is already installed on this model")
     target = torch.device(device) if device is not None else None
@@ -921,7 +967,6 @@ def install(
     rt = FloatzipRuntime(backend, offload)
     block_names = list(find_blocks(model) if blocks is None else blocks)
     compressed = _decode_outside_units(model, compressed, block_names, target, devices)
-    rt._sources = dict(compressed)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
 
     def device_of(name: str) -> torch.device:
@@ -932,6 +977,15 @@ def install(
         module, attr = _slot(model, name)
         current = module._parameters[attr]
         return current.device if current is not None and current.device.type != "meta" else torch.device("cpu")
+
+    # the weights a CPU backend decodes (not the GPU's, nor the emulated GPU path's): decoded now, or per unit
+    on_cpu = {n: b for n in compressed if (b := _pick_backend(backend, device_of(n))) in ("cpu", "reference")}
+    needed = sum({id(compressed[n]): compressed[n].original_nbytes for n in on_cpu}.values())
+    rt.cpu = strategy.decide(cpu_strategy, needed, offload=offload, available=available_bytes)
+    if rt.cpu.strategy == "once":
+        rt.once = _decode_once(model, {n: compressed[n] for n in on_cpu}, on_cpu)
+        compressed = {n: ct for n, ct in compressed.items() if n not in on_cpu}  # nothing keeps their blobs
+    rt._sources = dict(compressed)
 
     # an embedding decoded by rows is a unit of its own, even inside a block (BERT's embeddings block)
     by_rows = [
@@ -1067,6 +1121,18 @@ def _move_rest(model: nn.Module, rt: FloatzipRuntime, device: torch.device) -> N
         for attr, b in list(module._buffers.items()):
             if b is not None and b.device != device:
                 module._buffers[attr] = b.to(device)
+
+
+def _decode_once(model: nn.Module, compressed: Mapping[str, CompressedTensor], backends: Mapping[str, str]) -> set[str]:
+    """``cpu_strategy="once"``: decode each of ``compressed`` (on the CPU, by the unit decoders' own function and
+    backend, CRC checked) into a plain parameter of its own; tied names share one. Returns the names."""
+    params: dict[int, nn.Parameter] = {}
+    for name, ct in compressed.items():
+        module, attr = _slot(model, name)
+        if id(ct) not in params:
+            params[id(ct)] = parameter(decompress_tensor(ct, backend=backends[name]))
+        module._parameters[attr] = params[id(ct)]
+    return set(compressed)
 
 
 def _holds_blocks(module_path: str, block_names: Sequence[str]) -> bool:
