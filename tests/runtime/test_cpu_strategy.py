@@ -148,7 +148,7 @@ def test_memory_report_is_a_table_naming_the_strategy_and_why(
     rows = {line[: line.rindex("  ")].strip(): line.split()[-1] for line in numeric[1:]}
     assert float(rows["decode buffers"]) == pytest.approx(report.buffer_bytes / 2**20, abs=1e-3)
     assert float(rows["resident / uncompressed (%)"]) == pytest.approx(100 * report.ratio, abs=0.01)
-    assert rows["units decoded per forward"] == str(report.units)
+    assert rows["units"] == str(report.units)
     tail = {line.split()[0]: line.split(None, 1)[1] for line in lines[11:]}
     assert tail["cpu_strategy"] == "per_unit (asked: auto)"
     needed = f"{report.cpu.needed_bytes / 2**20:.2f} MiB"

@@ -42,6 +42,7 @@ from torch.utils.hooks import RemovableHandle
 
 from floatzip.decode import decompress_tensor
 from floatzip.errors import BackendError, InputError, IntegrityError
+from floatzip.format import spec
 from floatzip.format.blob import CompressedTensor
 from floatzip.format.spec import align
 from floatzip.runtime import ops, strategy
@@ -514,6 +515,40 @@ def _fusable(model: nn.Module, names: Sequence[str], cts: Sequence[CompressedTen
     return True
 
 
+FUSED_PLAIN_MAX_NUMEL = spec.PACK_MAX_NUMEL
+"""With ``fused``, a GPU unit's compressed tensors that are not Linear weights (RMSNorm weights: an 8B Llama's have
+4096 elements, which the checkpoint writer codes as blobs; Linear biases) are decoded once at install and kept
+plain when each has at most this many elements, so that the unit's Linear weights can run fused."""
+
+
+def _fused_unit_extras(
+    model: nn.Module, names: Sequence[str], compressed: Mapping[str, CompressedTensor], chosen: str
+) -> list[str]:
+    """The small non-Linear-weight tensors of a would-be fused GPU unit (see :data:`FUSED_PLAIN_MAX_NUMEL`), or []
+    when the unit is not a GPU one or has other tensors that keep it from fusing."""
+    if chosen not in ("cuda", "emulated"):
+        return []
+    weights = [n for n in names if type(_slot(model, n)[0]) is nn.Linear and n.rpartition(".")[2] == "weight"]
+    extras = [n for n in names if n not in weights]
+    if not extras or not _fusable(model, weights, [compressed[n] for n in weights]):
+        return []
+    if any(compressed[n].numel > FUSED_PLAIN_MAX_NUMEL for n in extras):
+        return []
+    if {id(compressed[n]) for n in weights} & {id(compressed[n]) for n in extras}:
+        return []  # a tensor tied to a Linear weight: not small, and not to be split
+    return extras
+
+
+def _decode_plain(model: nn.Module, compressed: Mapping[str, CompressedTensor], device: torch.device) -> None:
+    """Decode each of ``compressed`` (CRC checked) on ``device`` into a plain parameter; tied names share one."""
+    params: dict[int, nn.Parameter] = {}
+    for name, ct in compressed.items():
+        module, attr = _slot(model, name)
+        if id(ct) not in params:
+            params[id(ct)] = parameter(decompress_tensor(ct, device=device))
+        module._parameters[attr] = params[id(ct)]
+
+
 def _fused_forward(
     module: nn.Linear, buffer: torch.Tensor, decode_key: int, gemv_key: int
 ) -> Callable[..., torch.Tensor]:
@@ -643,7 +678,7 @@ class MemoryReport:
             ("resident total", f"{self.resident_bytes / mib:.3f}"),
             ("uncompressed model", f"{self.uncompressed_bytes / mib:.3f}"),
             ("resident / uncompressed (%)", f"{100 * self.ratio:.2f}"),
-            ("units decoded per forward", f"{self.units}"),
+            ("units", f"{self.units}"),
         ]
         if len(self.per_device) > 1:
             rows += [(f"resident on {d}", f"{n / mib:.3f}") for d, n in sorted(self.per_device.items())]
@@ -947,10 +982,11 @@ def install(
     for meta tensors); ``device`` overrides it for every unit and also moves every other parameter and
     buffer there. ``blocks`` overrides the discovered block names (:func:`find_blocks`).
 
-    ``fused`` (opt-in; GPU units, not offloaded): a unit whose compressed tensors are all plain ``nn.Linear``
-    weights runs each Linear by the fused decode-GEMV when its input has at most 8 rows (not bit-identical to
-    the BF16 model: another fp32 summation order, docs/KERNELS.md), and by its own decode and the same matmul
-    otherwise (bit-identical); other units run as without it.
+    ``fused`` (opt-in; GPU units, not offloaded): a unit whose compressed tensors are plain ``nn.Linear`` weights
+    (its other compressed tensors, if small, decoded once now: :data:`FUSED_PLAIN_MAX_NUMEL`) runs each Linear
+    by the fused decode-GEMV when its input has at most 8 rows (not bit-identical to the BF16 model: another fp32
+    summation order, docs/KERNELS.md), and by its own decode and the same matmul otherwise (bit-identical); other
+    units run as without it.
 
     ``cpu_strategy`` (:mod:`floatzip.runtime.strategy`) picks how the weights decoded by a CPU backend are held:
     ``"once"`` decodes them all now into plain parameters (checked against their CRCs; their compressed bytes are
@@ -996,6 +1032,13 @@ def install(
     ]
     grouped = dict(sorted(assign_units(compressed, [*block_names, *by_rows]).items(),
                           key=lambda kv: order.get(kv[0], len(order))))  # fmt: skip
+    if fused and not offload:
+        for unit_name, names in grouped.items():
+            plain = _fused_unit_extras(model, names, compressed, _pick_backend(backend, device_of(names[0])))
+            if plain:  # decoded once, now: the unit's Linear weights can then run fused
+                _decode_plain(model, {n: compressed[n] for n in plain}, device_of(names[0]))
+                grouped[unit_name] = [n for n in names if n not in plain]
+                rt._sources = {n: ct for n, ct in rt._sources.items() if n not in plain}
 
     shared: dict[tuple[torch.device, str, tuple[int, ...]], Any] = {}
     for unit_name, names in grouped.items():
