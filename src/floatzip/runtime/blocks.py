@@ -539,14 +539,22 @@ def _fused_unit_extras(
     return extras
 
 
-def _decode_plain(model: nn.Module, compressed: Mapping[str, CompressedTensor], device: torch.device) -> None:
-    """Decode each of ``compressed`` (CRC checked) on ``device`` into a plain parameter; tied names share one."""
+def _decode_plain(
+    model: nn.Module,
+    compressed: Mapping[str, CompressedTensor],
+    device: torch.device,
+    backends: Mapping[str, str] | None = None,
+) -> set[str]:
+    """Decode each of ``compressed`` on ``device`` (by ``backends[name]``, default the device's own; CRC checked)
+    into a plain parameter of its own; tied names share one. Returns the names."""
     params: dict[int, nn.Parameter] = {}
     for name, ct in compressed.items():
         module, attr = _slot(model, name)
         if id(ct) not in params:
-            params[id(ct)] = parameter(decompress_tensor(ct, device=device))
+            backend = backends[name] if backends is not None else "auto"
+            params[id(ct)] = parameter(decompress_tensor(ct, device=device, backend=backend))
         module._parameters[attr] = params[id(ct)]
+    return set(compressed)
 
 
 def _fused_forward(
@@ -1019,7 +1027,8 @@ def install(
     needed = sum({id(compressed[n]): compressed[n].original_nbytes for n in on_cpu}.values())
     rt.cpu = strategy.decide(cpu_strategy, needed, offload=offload, available=available_bytes)
     if rt.cpu.strategy == "once":
-        rt.once = _decode_once(model, {n: compressed[n] for n in on_cpu}, on_cpu)
+        # by the CPU units' own decoder function and backend (decompress_tensor), CRCs checked
+        rt.once = _decode_plain(model, {n: compressed[n] for n in on_cpu}, torch.device("cpu"), on_cpu)
         compressed = {n: ct for n, ct in compressed.items() if n not in on_cpu}  # nothing keeps their blobs
     rt._sources = dict(compressed)
 
@@ -1164,18 +1173,6 @@ def _move_rest(model: nn.Module, rt: FloatzipRuntime, device: torch.device) -> N
         for attr, b in list(module._buffers.items()):
             if b is not None and b.device != device:
                 module._buffers[attr] = b.to(device)
-
-
-def _decode_once(model: nn.Module, compressed: Mapping[str, CompressedTensor], backends: Mapping[str, str]) -> set[str]:
-    """``cpu_strategy="once"``: decode each of ``compressed`` (on the CPU, by the unit decoders' own function and
-    backend, CRC checked) into a plain parameter of its own; tied names share one. Returns the names."""
-    params: dict[int, nn.Parameter] = {}
-    for name, ct in compressed.items():
-        module, attr = _slot(model, name)
-        if id(ct) not in params:
-            params[id(ct)] = parameter(decompress_tensor(ct, backend=backends[name]))
-        module._parameters[attr] = params[id(ct)]
-    return set(compressed)
 
 
 def _holds_blocks(module_path: str, block_names: Sequence[str]) -> bool:
