@@ -38,8 +38,8 @@ def _resealed(blob: bytearray) -> bytes:
     return bytes(blob)
 
 
-@pytest.mark.parametrize("backend", ["emulated", "cpu"])
-def test_a_forged_raw_stream_is_refused_at_install(backend: str) -> None:
+@pytest.mark.parametrize(("backend", "cpu_strategy"), [("emulated", "auto"), ("cpu", "per_unit"), ("cpu", "once")])
+def test_a_forged_raw_stream_is_refused_at_install(backend: str, cpu_strategy: str) -> None:
     # the raw fields (low mantissa bits) are uncoded: a changed raw word still decodes, lane lengths and all,
     # so only the data CRC catches it; the GPU kernel does not compute it, so install checks each GPU unit once
     from torch import nn
@@ -53,8 +53,8 @@ def test_a_forged_raw_stream_is_refused_at_install(backend: str) -> None:
     net = nn.Sequential(nn.Linear(128, 128, bias=False), nn.Linear(128, 128, bias=False)).to(torch.bfloat16)
     cts = {n: compress_tensor(p.detach()) for n, p in net.named_parameters()}
     good = install(nn.Sequential(nn.Linear(128, 128, bias=False), nn.Linear(128, 128, bias=False)).to(torch.bfloat16),
-                   cts, backend=backend)  # fmt: skip
-    assert good.units
+                   cts, backend=backend, cpu_strategy=cpu_strategy)  # fmt: skip
+    assert good.units if cpu_strategy != "once" else good.once == {"0.weight", "1.weight"} and not good.units
     ct = cts["1.weight"]
     blob = bytearray(ct.to_bytes())
     raw_at = int(ct.v2["raw_at"])
@@ -64,8 +64,11 @@ def test_a_forged_raw_stream_is_refused_at_install(backend: str) -> None:
     if backend == "emulated":
         with pytest.raises(IntegrityError, match=r"tensor '1\.weight': checksum mismatch after decoding"):
             install(fresh, {**cts, "1.weight": forged}, backend=backend)
+    elif cpu_strategy == "once":  # decoded at install, by the CPU decoder, which checks the CRC
+        with pytest.raises(IntegrityError, match="checksum"):
+            install(fresh, {**cts, "1.weight": forged}, backend=backend, cpu_strategy=cpu_strategy)
     else:  # the CPU decoder checks the CRC on every decode, so the first forward refuses
         model = fresh
-        install(model, {**cts, "1.weight": forged}, backend=backend)
+        install(model, {**cts, "1.weight": forged}, backend=backend, cpu_strategy=cpu_strategy)
         with pytest.raises(IntegrityError), torch.no_grad():
             model(torch.zeros(1, 128, dtype=torch.bfloat16))

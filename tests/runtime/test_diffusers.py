@@ -83,9 +83,13 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, P
     return out
 
 
-def _run(name: str, path: Path) -> tuple[torch.nn.Module, torch.Tensor]:
+def _run(name: str, path: Path, **options: Any) -> tuple[torch.nn.Module, torch.Tensor]:
+    """One forward of ``name`` loaded from ``path``; ``options``: floatzip's loading options (cpu_strategy...)."""
+    from floatzip.runtime.diffusers_quantizer import FloatzipDiffusersConfig
+
     cls_name, _, inputs = MODELS[name]
-    model = getattr(diffusers, cls_name).from_pretrained(path, subfolder="transformer", dtype=torch.bfloat16)
+    extra = {"quantization_config": FloatzipDiffusersConfig(**options)} if options else {}
+    model = getattr(diffusers, cls_name).from_pretrained(path, subfolder="transformer", dtype=torch.bfloat16, **extra)
     with torch.no_grad():
         out = model(**inputs(torch.Generator().manual_seed(1)), return_dict=False)[0]
     return model, out
@@ -95,7 +99,7 @@ def _run(name: str, path: Path) -> tuple[torch.nn.Module, torch.Tensor]:
 def test_diffusion_transformer_runs_compressed_bit_for_bit(folders: dict[str, tuple[Path, Path]], name: str) -> None:
     plain, fz = folders[name]
     _, expect = _run(name, plain)
-    model, got = _run(name, fz)
+    model, got = _run(name, fz, cpu_strategy="per_unit")
     assert got.dtype == expect.dtype and torch.equal(got.view(torch.uint8), expect.view(torch.uint8))
     rt = runtime_of(model)
     assert rt is not None and type(model.hf_quantizer).__name__ == "FloatzipDiffusersQuantizer"
@@ -110,10 +114,69 @@ def test_diffusion_transformer_runs_compressed_bit_for_bit(folders: dict[str, tu
     assert "resident total" in str(report) and "decoded just before it runs" in str(report)
 
 
+@pytest.mark.parametrize("name", ["flux", "wan"])  # wan: float32 modules and a top-level table besides
+@pytest.mark.parametrize("cpu_strategy", ["once", "auto"])
+def test_decoded_once_at_load_bit_for_bit(
+    folders: dict[str, tuple[Path, Path]], monkeypatch: pytest.MonkeyPatch, name: str, cpu_strategy: str
+) -> None:
+    from floatzip.runtime import strategy
+
+    monkeypatch.setattr(strategy, "available_memory", lambda: (1 << 40, "injected"))
+    plain, fz = folders[name]
+    _, expect = _run(name, plain)
+    model, got = _run(name, fz, cpu_strategy=cpu_strategy)
+    assert got.dtype == expect.dtype and torch.equal(got.view(torch.uint8), expect.view(torch.uint8))
+    rt = runtime_of(model)
+    assert rt is not None and rt.once and not rt.units and not rt._sources
+    report = memory_report(model)
+    assert report.strategy == "once" and report.cpu.asked == cpu_strategy and report.compressed_bytes == 0
+    assert f"once{'' if cpu_strategy == 'once' else ' (asked: auto)'}" in str(report)
+    monkeypatch.setattr(strategy, "available_memory", lambda: (1 << 20, "injected"))
+    scarce, again = _run(name, fz)  # the default, "auto", with too little memory: per unit
+    assert memory_report(scarce).strategy == "per_unit" and torch.equal(again.view(torch.uint8), got.view(torch.uint8))
+
+
+@pytest.mark.parametrize("cpu_strategy", ["per_unit", "once"])
+def test_installed_parameters_require_grad_as_the_plain_models(
+    folders: dict[str, tuple[Path, Path]], cpu_strategy: str
+) -> None:
+    plain, fz = folders["wan"]  # with float32 modules, decoded once and kept plain
+    a, _ = _run("wan", plain)
+    b, _ = _run("wan", fz, cpu_strategy=cpu_strategy)
+    expect = {n: p.requires_grad for n, p in a.named_parameters(remove_duplicate=False)}
+    assert (
+        all(expect.values()) and {n: p.requires_grad for n, p in b.named_parameters(remove_duplicate=False)} == expect
+    )
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"cpu_strategy": "once"}, {"cpu_strategy": "per_unit", "backend": "cpu", "fused": True}]
+)
+def test_the_options_round_trip_through_the_diffusers_config(options: dict[str, Any]) -> None:
+    from floatzip.runtime.diffusers_quantizer import FloatzipDiffusersConfig
+
+    cfg = FloatzipDiffusersConfig(**options)
+    back = FloatzipDiffusersConfig.from_dict(cfg.to_dict())
+    for key, default in {"backend": "auto", "fused": False, "cpu_strategy": "auto"}.items():
+        assert getattr(back, key) == getattr(cfg, key) == options.get(key, default), key
+    assert set(cfg.to_dict()) == {"quant_method", "format_version", *options}
+    assert back.get_loading_attributes() == cfg.get_loading_attributes()
+
+
+def test_bad_diffusers_options_are_one_line() -> None:
+    from floatzip.runtime.diffusers_quantizer import FloatzipDiffusersConfig
+
+    for bad, message in (({"cpu_strategy": "lazy"}, "cpu_strategy must be one of 'auto', 'once', 'per_unit'"),
+                         ({"offload": True}, "offload is not available for diffusers models")):  # fmt: skip
+        with pytest.raises(InputError, match=message) as exc:
+            FloatzipDiffusersConfig(**bad)
+        assert "\n" not in str(exc.value)
+
+
 def test_wan_keeps_its_float32_modules(folders: dict[str, tuple[Path, Path]]) -> None:
     plain, fz = folders["wan"]
     a, _ = _run("wan", plain)
-    b, _ = _run("wan", fz)
+    b, _ = _run("wan", fz, cpu_strategy="per_unit")
     for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert na == nb and pa.dtype == pb.dtype, na
     assert b.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
@@ -180,8 +243,14 @@ def _tiny_flux_pipeline(scratch: Path) -> Any:
                                   transformer=transformer).to(torch.bfloat16)  # fmt: skip
 
 
-def _generate(path: Path) -> tuple[Any, torch.Tensor, list[torch.Tensor]]:
-    pipe = diffusers.DiffusionPipeline.from_pretrained(path, dtype=torch.bfloat16)
+def _generate(path: Path, **options: Any) -> tuple[Any, torch.Tensor, list[torch.Tensor]]:
+    """A tiny generation by the pipeline at ``path``; ``options``: floatzip's loading options for every component
+    (diffusers' PipelineQuantizationConfig builds floatzip's diffusers or transformers config for each)."""
+    extra = {}
+    if options:
+        extra["quantization_config"] = diffusers.PipelineQuantizationConfig(quant_backend="floatzip",
+                                                                            quant_kwargs=options)  # fmt: skip
+    pipe = diffusers.DiffusionPipeline.from_pretrained(path, dtype=torch.bfloat16, **extra)
     ids = torch.randint(0, 56, (1, 7), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         images = pipe("a photo of a cat", num_inference_steps=2, height=32, width=32, max_sequence_length=8,
@@ -217,7 +286,7 @@ def test_a_whole_pipeline_round_trips_and_runs_compressed(tmp_path: Path) -> Non
     assert 'pip install "floatzip[diffusers]"' in note and "DiffusionPipeline.from_pretrained" in note
 
     _, images, text = _generate(tmp_path / "plain")
-    pipe, got_images, got_text = _generate(tmp_path / "fz")
+    pipe, got_images, got_text = _generate(tmp_path / "fz", cpu_strategy="per_unit")
     assert torch.equal(images, got_images)
     assert all(torch.equal(a.view(torch.int16), b.view(torch.int16)) for a, b in zip(text, got_text, strict=True))
     kinds = {k: type(getattr(v, "hf_quantizer", None)).__name__ for k, v in pipe.components.items() if v is not None}

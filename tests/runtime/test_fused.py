@@ -5,6 +5,7 @@ the per-weight decode by floatzip.decode.cuda.emulate)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -107,3 +108,55 @@ def test_dequantize_a_fused_model(tiny_models: dict[str, Fixture]) -> None:
     ids = token_ids(batch=1, length=6)
     with torch.no_grad():
         assert torch.equal(ref(ids).logits, model(ids).logits)
+
+
+class _NormedBlock(torch.nn.Module):
+    """A block whose norm has 4096 elements, as an 8B Llama's RMSNorm: the checkpoint writer codes it as a blob."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(4096)
+        self.proj = torch.nn.Linear(4096, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(x))
+
+
+class _Normed(torch.nn.Module):
+    _no_split_modules: ClassVar[list[str]] = ["_NormedBlock"]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = _NormedBlock()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+def test_a_block_with_compressed_norm_weights_is_fused() -> None:
+    # an 8B Llama's blocks hold compressed RMSNorm weights (4096 elements): a fused unit holds Linear weights only,
+    # so its small other tensors are decoded once at install (CRC checked) and kept plain
+    from floatzip.codec.encode import compress_tensor
+    from floatzip.runtime.blocks import install
+
+    torch.manual_seed(0)
+    plain = _Normed().to(torch.bfloat16).eval()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.normal_(0, 0.05)
+    model = _Normed().to(torch.bfloat16).eval()
+    model.load_state_dict(plain.state_dict())
+    cts = {n: compress_tensor(p.detach()) for n, p in plain.named_parameters() if p.numel() >= 4096}
+    assert set(cts) == {"block.norm.weight", "block.norm.bias", "block.proj.weight"}
+    rt = install(model, cts, backend="emulated", fused=True)
+    assert [type(u.decoder).__name__ for u in rt.units] == ["_FusedDecoder"] and set(rt.fused) == {"block.proj.weight"}
+    for name in ("block.norm.weight", "block.norm.bias"):  # decoded once, plain, the original bits
+        p = model.get_parameter(name)
+        assert name not in rt.slots and not rt.is_view(p) and p.requires_grad
+        assert torch.equal(p.view(torch.int16), plain.get_parameter(name).view(torch.int16))
+    x = torch.randn(12, 4096, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(plain(x).view(torch.int16), model(x).view(torch.int16))  # 12 rows: decode + matmul
+        calls = rt.units[0].calls
+        model(x[:2])  # 2 rows: the fused product
+    assert rt.units[0].calls == calls + 1

@@ -29,6 +29,17 @@ def _load(path: Path, **kwargs: object) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
 
 
+def _strategy(cpu_strategy: str) -> dict[str, object]:
+    """from_pretrained's arguments for floatzip's ``cpu_strategy``: "per_unit" where a test looks at the units
+    (the default "auto" decodes a tiny model once, at load, here)."""
+    from floatzip.runtime.quantizer import FloatzipConfig
+
+    return {"quantization_config": FloatzipConfig(cpu_strategy=cpu_strategy)}
+
+
+PER_UNIT = "per_unit"
+
+
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
     out = {}
     for f in sorted(path.glob("*.safetensors")):
@@ -41,11 +52,15 @@ def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
     return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("cpu_strategy", ["per_unit", "once"])
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_logits_and_generation_bit_identical(tiny_models: dict[str, Fixture], arch: str) -> None:
+def test_logits_and_generation_bit_identical(tiny_models: dict[str, Fixture], arch: str, cpu_strategy: str) -> None:
     fx = tiny_models[arch]
     ref = _load(fx.original)
-    model = _load(fx.compressed)
+    model = _load(fx.compressed, **_strategy(cpu_strategy))
+    rt = runtime_of(model)
+    assert rt is not None and memory_report(model).strategy == cpu_strategy
+    assert bool(rt.units) == (cpu_strategy == "per_unit") and bool(rt.once) == (cpu_strategy == "once")
     ids = token_ids()
     with torch.no_grad():
         expect, got = ref(ids).logits, model(ids).logits
@@ -62,7 +77,7 @@ def test_blobs_are_used_and_blocks_decode_into_one_buffer(tiny_models: dict[str,
     fx = tiny_models[arch]
     encoded = open_compressed(fx.compressed / "model.safetensors").encoded
     assert len(encoded) >= 10
-    model = _load(fx.compressed)
+    model = _load(fx.compressed, **_strategy(PER_UNIT))
     rt = runtime_of(model)
     assert rt is not None and len(rt.buffers) == 1
     buffer = next(iter(rt.buffers.values()))
@@ -96,7 +111,7 @@ def test_blobs_are_used_and_blocks_decode_into_one_buffer(tiny_models: dict[str,
 def test_tied_embeddings_are_stored_once(tiny_models: dict[str, Fixture]) -> None:
     fx = tiny_models["gemma3_text"]
     assert "lm_head.weight" not in _tensors(fx.compressed)
-    model = _load(fx.compressed)
+    model = _load(fx.compressed, **_strategy(PER_UNIT))
     rt = runtime_of(model)
     assert rt is not None
     embed, head = rt.slots["model.embed_tokens.weight"][0], rt.slots["lm_head.weight"][0]
@@ -110,7 +125,7 @@ def test_tied_embeddings_are_stored_once(tiny_models: dict[str, Fixture]) -> Non
 
 def test_minilm_bert(minilm: Fixture) -> None:
     ref = AutoModel.from_pretrained(minilm.original).eval()
-    model = AutoModel.from_pretrained(minilm.compressed).eval()
+    model = AutoModel.from_pretrained(minilm.compressed, **_strategy(PER_UNIT)).eval()
     rt = runtime_of(model)
     assert rt is not None
     assert {*(f"encoder.layer.{i}" for i in range(6))} <= {u.name for u in rt.units}
@@ -154,7 +169,7 @@ def test_offload(tiny_models: dict[str, Fixture]) -> None:
 def test_dequantize_gives_a_plain_model(tiny_models: dict[str, Fixture]) -> None:
     fx = tiny_models["mixtral"]
     ref = _load(fx.original)
-    model = _load(fx.compressed)
+    model = _load(fx.compressed, **_strategy(PER_UNIT))
     model.dequantize()
     assert runtime_of(model) is None
     assert not any(h for m in model.modules() for h in m._forward_pre_hooks.values())
@@ -166,7 +181,7 @@ def test_dequantize_gives_a_plain_model(tiny_models: dict[str, Fixture]) -> None
 @pytest.mark.parametrize("arch", ["gemma3_text", "qwen2_moe"])
 def test_save_load_save_is_stable(tiny_models: dict[str, Fixture], tmp_path: Path, arch: str) -> None:
     fx = tiny_models[arch]
-    model = _load(fx.compressed)
+    model = _load(fx.compressed, **_strategy(PER_UNIT))
     # save_pretrained writes the decoded weights: the original tensors, bit for bit
     model.save_pretrained(tmp_path / "plain")
     assert _same_tensors(_tensors(fx.original), _tensors(tmp_path / "plain"))

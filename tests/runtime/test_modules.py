@@ -51,23 +51,31 @@ def _net(seed: int = 0) -> Net:
 IDS = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(3))
 
 
-@pytest.mark.parametrize("keep_compressed", [False, True])
-def test_compress_and_load_plain_module(tmp_path: Path, keep_compressed: bool) -> None:
+@pytest.mark.parametrize(("keep_compressed", "cpu_strategy"), [(False, "auto"), (True, "per_unit"), (True, "once")])
+def test_compress_and_load_plain_module(tmp_path: Path, keep_compressed: bool, cpu_strategy: str) -> None:
     net = _net()
     report = compress_model(net, tmp_path / "fz")
     assert sum(t.encoded for t in report.tensors) == 7  # embed (tied head stored once) + 2 per block
     with torch.device("meta"):
         skeleton = Net().to(torch.bfloat16)
-    loaded = load_model(skeleton, tmp_path / "fz", keep_compressed=keep_compressed).eval()
+    loaded = load_model(skeleton, tmp_path / "fz", keep_compressed=keep_compressed, cpu_strategy=cpu_strategy).eval()
     with torch.no_grad():
-        assert torch.equal(net(IDS), loaded(IDS))
+        assert torch.equal(net(IDS).view(torch.int16), loaded(IDS).view(torch.int16))
     assert torch.equal(loaded.steps, torch.arange(5))
     rt = runtime_of(loaded)
-    if keep_compressed:
+    if cpu_strategy == "per_unit":
         assert rt is not None
         assert [u.name for u in rt.units] == ["embed", "blocks.0", "blocks.1", "blocks.2", "head"]
         mem = memory_report(loaded)
         assert mem.buffer_bytes == max(256 * 64, 2 * 128 * 64) * 2  # the largest unit: embed = one block
+    elif cpu_strategy == "once":
+        assert rt is not None and not rt.units and not rt.buffers and not rt._sources
+        assert rt.once == {"embed.weight", "head.weight", *(f"blocks.{i}.{m}.weight" for i in range(3)
+                                                            for m in ("up", "down"))}  # fmt: skip
+        mem = memory_report(loaded)
+        assert mem.compressed_bytes == mem.buffer_bytes == 0 and mem.once_tensors == 7  # the tied pair: one
+        assert mem.once_bytes == (256 * 64 + 3 * 2 * 128 * 64) * 2
+        assert loaded.head.weight is loaded.embed.weight
     else:
         assert rt is None
         assert loaded.head.weight is loaded.embed.weight
@@ -143,7 +151,7 @@ def test_a_weight_of_a_module_holding_blocks_is_not_overwritten_by_them(tmp_path
     compress_model(net, tmp_path / "fz")
     with torch.device("meta"):
         skeleton = Outer().to(torch.bfloat16)
-    loaded = load_model(skeleton, tmp_path / "fz", keep_compressed=True)
+    loaded = load_model(skeleton, tmp_path / "fz", keep_compressed=True, cpu_strategy="per_unit")
     x = torch.randn(3, 64).to(torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(net(x).view(torch.int16), loaded(x).view(torch.int16))
@@ -171,7 +179,8 @@ def test_an_embedding_decodes_only_the_rows_it_looks_up(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = Lookup().to(torch.bfloat16).eval()
     compress_model(net, tmp_path / "fz", steps=8)
-    loaded = load_model(Lookup().to(torch.bfloat16), tmp_path / "fz", keep_compressed=True).eval()
+    loaded = load_model(Lookup().to(torch.bfloat16), tmp_path / "fz", keep_compressed=True,
+                        cpu_strategy="per_unit").eval()  # fmt: skip
     rt = runtime_of(loaded)
     assert rt is not None
     unit = next(u for u in rt.units if u.name == "embed")
@@ -208,14 +217,15 @@ def test_a_corrupt_embedding_is_refused_at_install(tmp_path: Path) -> None:
     net = Lookup().to(torch.bfloat16)
     ct = compress_tensor(net.embed.weight.detach(), steps=8)
     with pytest.raises(IntegrityError, match="checksum mismatch"):
-        install(Lookup().to(torch.bfloat16), {"embed.weight": dataclasses.replace(ct, data_crc32=ct.data_crc32 ^ 1)})
+        install(Lookup().to(torch.bfloat16), {"embed.weight": dataclasses.replace(ct, data_crc32=ct.data_crc32 ^ 1)},
+                cpu_strategy="per_unit")  # fmt: skip
 
 
 def test_moving_or_casting_a_running_model_is_refused(tmp_path: Path) -> None:
     # each parameter would become a copy cut off from its unit's buffer: the model would run on stale weights
     net = _net()
     compress_model(net, tmp_path / "fz")
-    loaded = load_model(Net().to(torch.bfloat16), tmp_path / "fz", keep_compressed=True)
+    loaded = load_model(Net().to(torch.bfloat16), tmp_path / "fz", keep_compressed=True, cpu_strategy="per_unit")
     for move in (lambda m: m.to(torch.float32), lambda m: m.to("meta"), lambda m: m.float(), lambda m: m.half()):
         with pytest.raises(InputError, match="cannot be moved or cast"):
             move(loaded)

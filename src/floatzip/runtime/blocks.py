@@ -42,14 +42,29 @@ from torch.utils.hooks import RemovableHandle
 
 from floatzip.decode import decompress_tensor
 from floatzip.errors import BackendError, InputError, IntegrityError
+from floatzip.format import spec
 from floatzip.format.blob import CompressedTensor
 from floatzip.format.spec import align
-from floatzip.runtime import ops
+from floatzip.runtime import ops, strategy
+from floatzip.runtime.strategy import CpuDecision
 
 ALIGN = 256
 """Alignment, in bytes, of every parameter in a decode buffer (the CUDA backend's own default)."""
 
 RUNTIME_ATTR = "_floatzip_runtime"
+
+PARAM_REQUIRES_GRAD = True
+"""``requires_grad`` of every float parameter the runtime installs: what a plain ``from_pretrained`` gives. With
+False, ``torch.matmul`` runs a 3-D input that does not fold without a copy (transformers' ``lm_head`` on
+``hidden_states[:, -1:, :]``) as a batched product over the broadcast weight: 50x slower for an 8B model's head on
+the CPU (BENCHMARKS.md). Inference under ``torch.no_grad`` / ``inference_mode`` is the caller's business, as for
+the plain model (``generate`` runs under no_grad)."""
+
+
+def parameter(t: torch.Tensor) -> nn.Parameter:
+    """``t`` as the runtime installs a parameter: requiring grad as the plain model's do (:data:`PARAM_REQUIRES_GRAD`)
+    when its dtype can (floats), else not (a blob's bytes, integers)."""
+    return nn.Parameter(t, requires_grad=PARAM_REQUIRES_GRAD and (t.is_floating_point() or t.is_complex()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,6 +515,48 @@ def _fusable(model: nn.Module, names: Sequence[str], cts: Sequence[CompressedTen
     return True
 
 
+FUSED_PLAIN_MAX_NUMEL = spec.PACK_MAX_NUMEL
+"""With ``fused``, a GPU unit's compressed tensors that are not Linear weights (RMSNorm weights: an 8B Llama's have
+4096 elements, which the checkpoint writer codes as blobs; Linear biases) are decoded once at install and kept
+plain when each has at most this many elements, so that the unit's Linear weights can run fused."""
+
+
+def _fused_unit_extras(
+    model: nn.Module, names: Sequence[str], compressed: Mapping[str, CompressedTensor], chosen: str
+) -> list[str]:
+    """The small non-Linear-weight tensors of a would-be fused GPU unit (see :data:`FUSED_PLAIN_MAX_NUMEL`), or []
+    when the unit is not a GPU one or has other tensors that keep it from fusing."""
+    if chosen not in ("cuda", "emulated"):
+        return []
+    weights = [n for n in names if type(_slot(model, n)[0]) is nn.Linear and n.rpartition(".")[2] == "weight"]
+    extras = [n for n in names if n not in weights]
+    if not extras or not _fusable(model, weights, [compressed[n] for n in weights]):
+        return []
+    if any(compressed[n].numel > FUSED_PLAIN_MAX_NUMEL for n in extras):
+        return []
+    if {id(compressed[n]) for n in weights} & {id(compressed[n]) for n in extras}:
+        return []  # a tensor tied to a Linear weight: not small, and not to be split
+    return extras
+
+
+def _decode_plain(
+    model: nn.Module,
+    compressed: Mapping[str, CompressedTensor],
+    device: torch.device,
+    backends: Mapping[str, str] | None = None,
+) -> set[str]:
+    """Decode each of ``compressed`` on ``device`` (by ``backends[name]``, default the device's own; CRC checked)
+    into a plain parameter of its own; tied names share one. Returns the names."""
+    params: dict[int, nn.Parameter] = {}
+    for name, ct in compressed.items():
+        module, attr = _slot(model, name)
+        if id(ct) not in params:
+            backend = backends[name] if backends is not None else "auto"
+            params[id(ct)] = parameter(decompress_tensor(ct, device=device, backend=backend))
+        module._parameters[attr] = params[id(ct)]
+    return set(compressed)
+
+
 def _fused_forward(
     module: nn.Linear, buffer: torch.Tensor, decode_key: int, gemv_key: int
 ) -> Callable[..., torch.Tensor]:
@@ -571,11 +628,14 @@ class Unit:
 
 @dataclass(frozen=True)
 class MemoryReport:
-    """Where a floatzip model's weight bytes are.
+    """Where a floatzip model's weight bytes are, and which ``cpu_strategy`` is in force (``cpu``: what was asked,
+    what is in force, and for ``"auto"`` the figures it compared).
 
     ``resident_bytes`` (on the devices) = ``compressed_bytes`` (unless offloaded) + ``buffer_bytes``
-    + ``staging_bytes`` + ``plain_bytes``; offloaded compressed bytes are in ``host_bytes``.
-    ``uncompressed_bytes`` is what the same weights take fully decoded (``decoded_bytes`` + ``plain_bytes``).
+    + ``staging_bytes`` + ``once_bytes`` + ``plain_bytes``; offloaded compressed bytes are in ``host_bytes``.
+    ``once_bytes`` are the weights decoded at load (``cpu_strategy="once"``), held as plain tensors.
+    ``uncompressed_bytes`` is what the same weights take fully decoded (``decoded_bytes`` + ``once_bytes`` +
+    ``plain_bytes``).
     """
 
     compressed_bytes: int
@@ -588,14 +648,22 @@ class MemoryReport:
     largest_unit_bytes: int
     per_device: dict[str, int] = field(default_factory=dict)
     row_units: int = 0  # embeddings decoded by rows (they take no room in the buffer)
+    once_bytes: int = 0
+    once_tensors: int = 0
+    cpu: CpuDecision = field(default_factory=lambda: CpuDecision("per_unit", "auto", "not decided"))
+
+    @property
+    def strategy(self) -> str:
+        """The ``cpu_strategy`` in force: ``"once"`` or ``"per_unit"``."""
+        return self.cpu.strategy
 
     @property
     def resident_bytes(self) -> int:
-        return self.compressed_bytes + self.buffer_bytes + self.staging_bytes + self.plain_bytes
+        return self.compressed_bytes + self.buffer_bytes + self.staging_bytes + self.once_bytes + self.plain_bytes
 
     @property
     def uncompressed_bytes(self) -> int:
-        return self.decoded_bytes + self.plain_bytes
+        return self.decoded_bytes + self.once_bytes + self.plain_bytes
 
     @property
     def ratio(self) -> float:
@@ -606,22 +674,38 @@ class MemoryReport:
         return self.format()
 
     def format(self) -> str:
+        """An aligned table: a row per kind of weight bytes (MiB), the ratio, then the strategy and why."""
         mib = 1 << 20
-        rows = [
-            ("compressed weights (resident)", self.compressed_bytes),
-            ("compressed weights (offloaded to host)", self.host_bytes),
-            ("decode buffers", self.buffer_bytes),
-            ("offload staging", self.staging_bytes),
-            ("plain weights (norms, biases, small)", self.plain_bytes),
-            ("resident total", self.resident_bytes),
-            ("uncompressed model", self.uncompressed_bytes),
+        rows: list[tuple[str, str]] = [
+            ("compressed weights (resident)", f"{self.compressed_bytes / mib:.3f}"),
+            ("compressed weights (offloaded to host)", f"{self.host_bytes / mib:.3f}"),
+            ("decode buffers", f"{self.buffer_bytes / mib:.3f}"),
+            ("offload staging", f"{self.staging_bytes / mib:.3f}"),
+            ("weights decoded once at load", f"{self.once_bytes / mib:.3f}"),
+            ("plain weights (norms, biases, small)", f"{self.plain_bytes / mib:.3f}"),
+            ("resident total", f"{self.resident_bytes / mib:.3f}"),
+            ("uncompressed model", f"{self.uncompressed_bytes / mib:.3f}"),
+            ("resident / uncompressed (%)", f"{100 * self.ratio:.2f}"),
+            ("units", f"{self.units}"),
         ]
-        lines = [f"  {k:<40} {v / mib:10.3f} MiB" for k, v in rows]
-        lines.append(f"  {'resident / uncompressed':<40} {100 * self.ratio:9.2f} %  ({self.units} units)")
-        how = f"  each unit decoded just before it runs into one buffer of {self.largest_unit_bytes / mib:.3f} MiB"
-        if self.row_units:
-            how += f"; {self.row_units} embedding(s) decoded only in the rows looked up"
-        lines.append(how)
+        if len(self.per_device) > 1:
+            rows += [(f"resident on {d}", f"{n / mib:.3f}") for d, n in sorted(self.per_device.items())]
+        width = max(len(k) for k, _ in rows)
+        values = max(10, *(len(v) for _, v in rows))
+        lines = [f"  {'weights':<{width}}  {'MiB':>{values}}"]
+        lines += [f"  {k:<{width}}  {v:>{values}}" for k, v in rows]
+        how: list[str] = []
+        if self.once_tensors:
+            how.append(f"{self.once_tensors} tensor(s) decoded at load into plain parameters, compressed bytes dropped")
+        if self.units:
+            each = f"each unit decoded just before it runs into one buffer of {self.largest_unit_bytes / mib:.3f} MiB"
+            if self.row_units:
+                each += f"; {self.row_units} embedding(s) decoded only in the rows looked up"
+            how.append(each)
+        asked = "" if self.cpu.asked == self.cpu.strategy else f" (asked: {self.cpu.asked})"
+        text = [("cpu_strategy", f"{self.cpu.strategy}{asked}"), ("why", self.cpu.reason)]
+        text += [("how", h) for h in how]
+        lines += [f"  {k:<{width}}  {v}" for k, v in text]
         return "\n".join(lines)
 
 
@@ -641,6 +725,8 @@ class FloatzipRuntime:
         self._keys: list[tuple[int, str]] = []  # (key in floatzip.runtime.ops, "decode" / "rows" / "gemv")
         self._forwards: list[nn.Module] = []  # modules given an instance forward (fused Linears)
         self.fused: dict[str, tuple[int, int]] = {}  # fused Linear weight name -> (decode key, floatzip::gemv key)
+        self.cpu = CpuDecision("per_unit", "auto", "not decided yet")  # the cpu_strategy in force (install sets it)
+        self.once: set[str] = set()  # parameters decoded at load (cpu_strategy "once"): plain, no unit
         weakref.finalize(self, _unregister, self._keys)
 
     # -- buffers -------------------------------------------------------------------------
@@ -801,14 +887,18 @@ class FloatzipRuntime:
             per_device[dev] = per_device.get(dev, 0) + nbytes
         for d, b in [*self.buffers.items(), *self.staging.items()]:
             per_device[str(d)] = per_device.get(str(d), 0) + b.numel()
-        plain = 0
+        plain = once = 0
         seen: set[int] = set()
+        decoded_once = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n in self.once}
         for t in [*model.parameters(), *model.buffers()]:
             ptr = t.untyped_storage().data_ptr()
             if t.device.type == "meta" or self.is_view(t) or ptr in seen:
                 continue
             seen.add(ptr)
-            plain += t.untyped_storage().nbytes()
+            if id(t) in decoded_once:
+                once += t.untyped_storage().nbytes()
+            else:
+                plain += t.untyped_storage().nbytes()
             per_device[str(t.device)] = per_device.get(str(t.device), 0) + t.untyped_storage().nbytes()
         sources = {id(ct): ct.original_nbytes for ct in self._sources.values()}
         return MemoryReport(
@@ -822,6 +912,9 @@ class FloatzipRuntime:
             largest_unit_bytes=max((u.nbytes for u in self.units), default=0),
             row_units=sum(isinstance(u.decoder, _RowDecoder) for u in self.units),
             per_device=per_device,
+            once_bytes=once,
+            once_tensors=len(decoded_once),
+            cpu=self.cpu,
         )
 
     # -- teardown ------------------------------------------------------------------------
@@ -840,7 +933,7 @@ class FloatzipRuntime:
         tied: dict[int, nn.Parameter] = {}
         for name, t in decoded.items():
             module, attr = _slot(model, name)
-            p = tied.setdefault(id(t), nn.Parameter(t, requires_grad=False))
+            p = tied.setdefault(id(t), parameter(t))
             module._parameters[attr] = p
         _unregister(self._keys)
         self.units.clear()
@@ -886,6 +979,8 @@ def install(
     offload: bool = False,
     blocks: Sequence[str] | None = None,
     fused: bool = False,
+    cpu_strategy: str = "auto",
+    available_bytes: int | None = None,
 ) -> FloatzipRuntime:
     """Make ``model`` run from ``compressed`` (qualified parameter name -> compressed tensor).
 
@@ -895,11 +990,19 @@ def install(
     for meta tensors); ``device`` overrides it for every unit and also moves every other parameter and
     buffer there. ``blocks`` overrides the discovered block names (:func:`find_blocks`).
 
-    ``fused`` (opt-in; GPU units, not offloaded): a unit whose compressed tensors are all plain ``nn.Linear``
-    weights runs each Linear by the fused decode-GEMV when its input has at most 8 rows (not bit-identical to
-    the BF16 model: another fp32 summation order, docs/KERNELS.md), and by its own decode and the same matmul
-    otherwise (bit-identical); other units run as without it.
+    ``fused`` (opt-in; GPU units, not offloaded): a unit whose compressed tensors are plain ``nn.Linear`` weights
+    (its other compressed tensors, if small, decoded once now: :data:`FUSED_PLAIN_MAX_NUMEL`) runs each Linear
+    by the fused decode-GEMV when its input has at most 8 rows (not bit-identical to the BF16 model: another fp32
+    summation order, docs/KERNELS.md), and by its own decode and the same matmul otherwise (bit-identical); other
+    units run as without it.
+
+    ``cpu_strategy`` (:mod:`floatzip.runtime.strategy`) picks how the weights decoded by a CPU backend are held:
+    ``"once"`` decodes them all now into plain parameters (checked against their CRCs; their compressed bytes are
+    not kept), ``"per_unit"`` keeps them compressed and decodes each unit just before it runs, ``"auto"`` decodes
+    once when the decoded weights fit the available memory with a clear margin. ``available_bytes`` replaces the
+    figure ``"auto"`` reads from the system (``strategy.available_memory``).
     """
+    strategy.check_cpu_strategy(cpu_strategy)
     if getattr(model, RUNTIME_ATTR, None) is not None:
         raise InputError("floatzip's runtime is already installed on this model")
     target = torch.device(device) if device is not None else None
@@ -908,7 +1011,6 @@ def install(
     rt = FloatzipRuntime(backend, offload)
     block_names = list(find_blocks(model) if blocks is None else blocks)
     compressed = _decode_outside_units(model, compressed, block_names, target, devices)
-    rt._sources = dict(compressed)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
 
     def device_of(name: str) -> torch.device:
@@ -920,6 +1022,16 @@ def install(
         current = module._parameters[attr]
         return current.device if current is not None and current.device.type != "meta" else torch.device("cpu")
 
+    # the weights a CPU backend decodes (not the GPU's, nor the emulated GPU path's): decoded now, or per unit
+    on_cpu = {n: b for n in compressed if (b := _pick_backend(backend, device_of(n))) in ("cpu", "reference")}
+    needed = sum({id(compressed[n]): compressed[n].original_nbytes for n in on_cpu}.values())
+    rt.cpu = strategy.decide(cpu_strategy, needed, offload=offload, available=available_bytes)
+    if rt.cpu.strategy == "once":
+        # by the CPU units' own decoder function and backend (decompress_tensor), CRCs checked
+        rt.once = _decode_plain(model, {n: compressed[n] for n in on_cpu}, torch.device("cpu"), on_cpu)
+        compressed = {n: ct for n, ct in compressed.items() if n not in on_cpu}  # nothing keeps their blobs
+    rt._sources = dict(compressed)
+
     # an embedding decoded by rows is a unit of its own, even inside a block (BERT's embeddings block)
     by_rows = [
         n.rpartition(".")[0]
@@ -929,6 +1041,13 @@ def install(
     ]
     grouped = dict(sorted(assign_units(compressed, [*block_names, *by_rows]).items(),
                           key=lambda kv: order.get(kv[0], len(order))))  # fmt: skip
+    if fused and not offload:
+        for unit_name, names in grouped.items():
+            plain = _fused_unit_extras(model, names, compressed, _pick_backend(backend, device_of(names[0])))
+            if plain:  # decoded once, now: the unit's Linear weights can then run fused
+                _decode_plain(model, {n: compressed[n] for n in plain}, device_of(names[0]))
+                grouped[unit_name] = [n for n in names if n not in plain]
+                rt._sources = {n: ct for n, ct in rt._sources.items() if n not in plain}
 
     shared: dict[tuple[torch.device, str, tuple[int, ...]], Any] = {}
     for unit_name, names in grouped.items():
@@ -1000,7 +1119,7 @@ def install(
             module, attr = _slot(model, n)
             dtype, shape = rt.shapes[n]
             stand_in = torch.zeros(1, dtype=dtype, device=unit.device).expand(shape)  # no data, the right face
-            module._parameters[attr] = nn.Parameter(stand_in, requires_grad=False)
+            module._parameters[attr] = parameter(stand_in)
             assert isinstance(module, nn.Embedding)
             rt._register(i)
             module.__dict__["forward"] = _row_forward(module, unit.key)  # an instance attribute, as in materialize
@@ -1009,7 +1128,7 @@ def install(
             module, attr = _slot(model, n)
             dtype, shape = rt.shapes[n]
             view = buffer_view(buf, unit.decoder.offsets[rt.slots[n][1]], dtype, shape)
-            module._parameters[attr] = nn.Parameter(view, requires_grad=False)
+            module._parameters[attr] = parameter(view)
         if isinstance(unit.decoder, _FusedDecoder):
             rt._register_fused(i, model)  # no pre-hook: each Linear decodes (or multiplies) its own weight
             continue
@@ -1084,7 +1203,7 @@ def _decode_outside_units(
             device = current.device if current is not None and current.device.type != "meta" else torch.device("cpu")
         if id(ct) not in decoded:
             decoded[id(ct)] = decompress_tensor(ct).to(device)
-        module._parameters[attr] = nn.Parameter(decoded[id(ct)], requires_grad=False)
+        module._parameters[attr] = parameter(decoded[id(ct)])
     return kept
 
 

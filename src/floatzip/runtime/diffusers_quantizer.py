@@ -13,9 +13,13 @@ puts it in the parameter's slot as it is. Once every tensor is in, the shared st
 (``_keep_in_fp32_modules``) are kept so here too: their weights are decoded once and upcast, as a plain
 load does, so that the outputs stay bit-identical to the plain model's.
 
-diffusers keeps the checkpoint's quantization config and drops one passed to ``from_pretrained``, so the
-loading options of the transformers path (``offload``, ``backend``) are not available here: floatzip decodes
-on the device the model is on (the CUDA kernel on CUDA, the compiled core on the CPU).
+Loading options (``backend``, ``fused``, ``cpu_strategy``, as for transformers' ``FloatzipConfig``) are passed as
+``from_pretrained(..., quantization_config=FloatzipDiffusersConfig(cpu_strategy="per_unit"))``. diffusers itself
+keeps a pre-quantized checkpoint's config and drops (with a warning) one passed to ``from_pretrained``: floatzip's
+registration wraps that merge so that, for a floatzip checkpoint and a :class:`FloatzipDiffusersConfig`, the
+checkpoint's config is kept and the passed config's loading options are set on it (what transformers does for the
+config types it lists). ``offload`` is not available here: floatzip decodes on the device the model is on (the CUDA
+kernel on CUDA, the compiled core on the CPU).
 """
 
 from __future__ import annotations
@@ -30,7 +34,14 @@ from diffusers.quantizers.quantization_config import QuantizationConfigMixin
 from floatzip.errors import InputError
 from floatzip.format import spec
 from floatzip.runtime import blocks
-from floatzip.runtime.loading import LoadingMixin, checked_format_version, is_blob, names_under
+from floatzip.runtime.loading import (
+    LoadingMixin,
+    checked_format_version,
+    checked_loading_options,
+    is_blob,
+    names_under,
+    options_dict,
+)
 
 if TYPE_CHECKING:
     from diffusers.models.modeling_utils import ModelMixin
@@ -44,15 +55,37 @@ class FloatzipMethod(str, enum.Enum):
 
 class FloatzipDiffusersConfig(QuantizationConfigMixin):
     """``quantization_config`` of a floatzip checkpoint, as diffusers reads it (see
-    :class:`floatzip.FloatzipConfig` for transformers)."""
+    :class:`floatzip.FloatzipConfig` for transformers, whose ``backend``, ``fused`` and ``cpu_strategy`` loading
+    options it shares; ``to_dict`` adds those that differ from their defaults, so ``from_dict`` gives them back)."""
 
-    def __init__(self, format_version: int = spec.FORMAT_VERSION, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        format_version: int = spec.FORMAT_VERSION,
+        offload: bool = False,
+        backend: str = "auto",
+        fused: bool = False,
+        cpu_strategy: str = "auto",
+        **kwargs: Any,
+    ) -> None:
         # diffusers types quant_method as its own enum, which has no member for a method outside diffusers
         self.quant_method = FloatzipMethod.FLOATZIP  # type: ignore[assignment]
         self.format_version = checked_format_version(format_version)
+        # the same parameters as FloatzipConfig's, which diffusers' PipelineQuantizationConfig(quant_backend=
+        # "floatzip", quant_kwargs=...) requires of the two; offload itself is the transformers path's only
+        if offload:
+            raise InputError("FloatzipDiffusersConfig: offload is not available for diffusers models (floatzip decodes "
+                             "on the device the model is on); load without it")  # fmt: skip
+        options = checked_loading_options(offload=False, backend=backend, fused=fused, cpu_strategy=cpu_strategy,
+                                          where="FloatzipDiffusersConfig")  # fmt: skip
+        self.backend: str = options["backend"]
+        self.fused: bool = options["fused"]
+        self.cpu_strategy: str = options["cpu_strategy"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quant_method": spec.QUANT_METHOD, "format_version": self.format_version}
+        return {"quant_method": spec.QUANT_METHOD, "format_version": self.format_version, **options_dict(self)}
+
+    def get_loading_attributes(self) -> dict[str, Any]:
+        return {"backend": self.backend, "fused": self.fused, "cpu_strategy": self.cpu_strategy}
 
     def to_diff_dict(self) -> dict[str, Any]:  # diffusers' repr and to_json_string call it
         return self.to_dict()
@@ -61,6 +94,7 @@ class FloatzipDiffusersConfig(QuantizationConfigMixin):
 class FloatzipDiffusersQuantizer(LoadingMixin, DiffusersQuantizer):
     """Loads floatzip checkpoints into diffusers models and runs them compressed."""
 
+    quantization_config: FloatzipDiffusersConfig
     requires_calibration = False
     use_keep_in_fp32_modules = True  # the same float32 modules as a plain load, for identical outputs
 
@@ -71,6 +105,9 @@ class FloatzipDiffusersQuantizer(LoadingMixin, DiffusersQuantizer):
 
     # -- before loading ------------------------------------------------------------------
     def validate_environment(self, *args: Any, **kwargs: Any) -> None:
+        cfg = self.quantization_config
+        checked_loading_options(offload=False, backend=cfg.backend, fused=cfg.fused, cpu_strategy=cfg.cpu_strategy,
+                                where="FloatzipDiffusersConfig")  # fmt: skip
         if "torch_dtype" in kwargs and kwargs["torch_dtype"] is None:
             raise InputError(
                 "a floatzip checkpoint runs in the dtype it was stored in: pass it to from_pretrained "
@@ -120,13 +157,13 @@ class FloatzipDiffusersQuantizer(LoadingMixin, DiffusersQuantizer):
         if member is not None:
             if attr in module._buffers:
                 module._buffers[attr] = member
-                return torch.nn.Parameter(member, requires_grad=False)
-            module._parameters[attr] = param = torch.nn.Parameter(member, requires_grad=False)
+                return blocks.parameter(member)
+            module._parameters[attr] = param = blocks.parameter(member)
             return param
         if param_name in self.buffers:
             module._buffers[attr] = self.decoded_buffer(param_name, param_value.to(device))
-            return torch.nn.Parameter(module._buffers[attr], requires_grad=False)
-        param = torch.nn.Parameter(param_value.to(device), requires_grad=False)
+            return blocks.parameter(module._buffers[attr])
+        param = blocks.parameter(param_value.to(device))
         module._parameters[attr] = param
         return param
 
@@ -138,7 +175,9 @@ class FloatzipDiffusersQuantizer(LoadingMixin, DiffusersQuantizer):
 
     # -- after loading -------------------------------------------------------------------
     def _process_model_after_weight_loading(self, model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
-        self.install_runtime(model, device=None, backend="auto", offload=False)
+        cfg = self.quantization_config
+        self.install_runtime(model, device=None, backend=cfg.backend, offload=False, fused=cfg.fused,
+                             cpu_strategy=cfg.cpu_strategy)  # fmt: skip
         return model
 
     # -- the rest of the interface -------------------------------------------------------
@@ -189,6 +228,33 @@ def register() -> None:
         if current is not None and current.__module__ != __name__:
             raise InputError(f"diffusers already has a quant_method {spec.QUANT_METHOD!r} from {current.__module__}")
         table[spec.QUANT_METHOD] = ours  # diffusers has no registration function: its tables are the registry
+    _wrap_merge(auto.DiffusersAutoQuantizer)
+
+
+def _is_floatzip(config: Any) -> bool:
+    method = config.get("quant_method") if isinstance(config, dict) else getattr(config, "quant_method", None)
+    return str(getattr(method, "value", method)) == spec.QUANT_METHOD
+
+
+def _wrap_merge(auto_quantizer: Any) -> None:
+    """Let ``from_pretrained(..., quantization_config=FloatzipDiffusersConfig(...))`` on a floatzip checkpoint set
+    the loading options (diffusers would drop the passed config); every other case goes to diffusers' own merge.
+    Idempotent: a reload of this module wraps diffusers' original again, not an earlier wrapper."""
+    current = auto_quantizer.__dict__["merge_quantization_configs"].__func__
+    original = getattr(current, "_floatzip_original", current)
+
+    def merge_quantization_configs(cls: Any, quantization_config: Any, quantization_config_from_args: Any) -> Any:
+        if type(quantization_config_from_args).__name__ == "FloatzipDiffusersConfig" and _is_floatzip(
+            quantization_config
+        ):
+            merged = original(cls, quantization_config, None)  # the checkpoint's config, as diffusers builds it
+            for key, value in quantization_config_from_args.get_loading_attributes().items():
+                setattr(merged, key, value)
+            return merged
+        return original(cls, quantization_config, quantization_config_from_args)
+
+    merge_quantization_configs._floatzip_original = original  # type: ignore[attr-defined]
+    auto_quantizer.merge_quantization_configs = classmethod(merge_quantization_configs)
 
 
 __all__ = ["FloatzipDiffusersConfig", "FloatzipDiffusersQuantizer", "register"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,7 +28,7 @@ from floatzip.format import groups, spec
 from floatzip.format.blob import CompressedTensor
 from floatzip.format.checkpoint import CompressedFile, check_stored_tensors, member_tensors, open_compressed
 from floatzip.format.safetensors_io import read_header
-from floatzip.runtime import blocks
+from floatzip.runtime import blocks, strategy
 
 DEFAULT_RATIO = 0.7  # bytes of a blob per original byte, when the checkpoint's headers do not tell
 # the versions a model runs from: all hold v2 blobs, which the block runtime decodes (versions 3 and 4 changed
@@ -45,6 +46,31 @@ def checked_format_version(version: int | str) -> int:
             f"{', '.join(map(str, LOADABLE_VERSIONS))}); upgrade floatzip"
         )
     return v
+
+
+LOADING_OPTIONS: dict[str, Any] = {"offload": False, "backend": "auto", "fused": False, "cpu_strategy": "auto"}
+"""The loading options of a floatzip quantization config and their defaults (not stored in a checkpoint)."""
+
+
+def checked_loading_options(
+    *, offload: bool, backend: str, fused: bool, cpu_strategy: str, where: str = "quantization_config"
+) -> dict[str, Any]:
+    """The loading options as a config holds them; a bad ``cpu_strategy`` (or ``"once"`` with ``offload``), or a
+    backend that is not a string, is an InputError naming ``where``."""
+    if not isinstance(backend, str):
+        raise InputError(f"{where}: backend must be a string such as 'auto', not {backend!r}")
+    try:
+        checked = strategy.check_cpu_strategy(cpu_strategy, offload=bool(offload))
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    return {"offload": bool(offload), "backend": backend, "fused": bool(fused), "cpu_strategy": checked}
+
+
+def options_dict(config: object) -> dict[str, Any]:
+    """The loading options of ``config`` that differ from their defaults: what its ``to_dict`` adds to the
+    stored keys, so that ``from_dict(to_dict())`` gives the same options back (a checkpoint's own config, which
+    holds none, stays as floatzip wrote it)."""
+    return {k: getattr(config, k) for k, default in LOADING_OPTIONS.items() if getattr(config, k, default) != default}
 
 
 def is_blob(t: torch.Tensor) -> bool:
@@ -183,7 +209,7 @@ class LoadingMixin:
                 continue
             if id(t) not in filled:
                 value = self.member_slot(name, t)
-                filled[id(t)] = value if value is None or table == "_buffers" else torch.nn.Parameter(value, False)
+                filled[id(t)] = value if value is None or table == "_buffers" else blocks.parameter(value)
             value = filled[id(t)]
             if value is not None:
                 module_path, _, attr = name.rpartition(".")
@@ -191,14 +217,22 @@ class LoadingMixin:
                 getattr(module, table)[attr] = value
 
     def install_runtime(
-        self, model: torch.nn.Module, *, device: torch.device | None, backend: str, offload: bool, fused: bool = False
+        self,
+        model: torch.nn.Module,
+        *,
+        device: torch.device | None,
+        backend: str,
+        offload: bool,
+        fused: bool = False,
+        cpu_strategy: str = "auto",
     ) -> None:
         if self.errors:
             raise self.errors[0]
         self.fill_members(model)
         compressed = self.compressed_params(model)
         if compressed:
-            blocks.install(model, compressed, device=device, backend=backend, offload=offload, fused=fused)
+            blocks.install(model, compressed, device=device, backend=backend, offload=offload, fused=fused,
+                           cpu_strategy=cpu_strategy)  # fmt: skip
 
     def compressed_params(self, model: torch.nn.Module) -> dict[str, CompressedTensor]:
         """Parse the blobs, compress the float weights that arrived decoded; by parameter name."""
@@ -254,7 +288,7 @@ def _dtype_arg(dtype: torch.dtype) -> str:
 def _set_plain(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
     module_path, _, attr = name.rpartition(".")
     module = model.get_submodule(module_path) if module_path else model
-    module._parameters[attr] = torch.nn.Parameter(value, requires_grad=False)
+    module._parameters[attr] = blocks.parameter(value)
 
 
 def names_under(model: torch.nn.Module, modules: Sequence[str]) -> set[str]:
@@ -264,4 +298,13 @@ def names_under(model: torch.nn.Module, modules: Sequence[str]) -> set[str]:
     return {n for n, _ in model.named_parameters(remove_duplicate=False) if wanted & set(n.split("."))}
 
 
-__all__ = ["DEFAULT_RATIO", "LoadingMixin", "checked_format_version", "is_blob", "names_under"]
+__all__ = [
+    "DEFAULT_RATIO",
+    "LOADING_OPTIONS",
+    "LoadingMixin",
+    "checked_format_version",
+    "checked_loading_options",
+    "is_blob",
+    "names_under",
+    "options_dict",
+]

@@ -23,7 +23,7 @@ from floatzip.format.checkpoint import (
     read_compressed_file,
     staging_prefix,
 )
-from floatzip.runtime import blocks
+from floatzip.runtime import blocks, strategy
 
 TIED_KEY = "floatzip.tied"
 """Metadata key (in the original file's header) of ``{alias: name}`` for parameters stored once."""
@@ -147,13 +147,23 @@ def load_model(
     backend: str = "auto",
     offload: bool = False,
     strict: bool = True,
+    fused: bool = False,
+    cpu_strategy: str = "auto",
 ) -> nn.Module:
     """Load a checkpoint written by :func:`compress_model` into ``module`` (which may be on ``meta``).
 
-    By default every weight is decoded (bit for bit) and assigned. With ``keep_compressed`` the
-    compressed weights stay compressed and are decoded block by block on use, exactly as for
-    transformers models (blocks from ``_no_split_modules``, else each module with compressed weights).
+    By default every weight is decoded (bit for bit) and assigned. With ``keep_compressed`` the compressed
+    weights go to floatzip's runtime (:func:`floatzip.runtime.blocks.install`), exactly as for transformers
+    models (blocks from ``_no_split_modules``, else each module with compressed weights), with its options:
+    ``backend``, ``offload``, ``fused`` (GPU blocks' Linear layers by the fused decode-GEMV, opt-in, not
+    bit-identical) and ``cpu_strategy`` (on the CPU: ``"per_unit"`` decodes each block on use, ``"once"``
+    decodes everything at load, ``"auto"`` picks by available memory). Without ``keep_compressed`` those
+    options do not apply and must keep their defaults.
     """
+    strategy.check_cpu_strategy(cpu_strategy, offload=offload)
+    if not keep_compressed and (offload or fused or cpu_strategy != "auto"):
+        raise InputError("offload, fused and cpu_strategy are options of keep_compressed=True (the runtime); "
+                         "without it every weight is decoded at load")  # fmt: skip
     state, aliases = read_compressed_state(save_dir)
     names = {**{n: n for n in state}, **aliases}
     expected = dict(module.state_dict(keep_vars=True))
@@ -188,7 +198,8 @@ def load_model(
         raise InputError(f"{save_dir}: could not load {result.missing_keys[:5]} {result.unexpected_keys[:5]}")
     _retie(module, names, plain)
     if compressed:
-        blocks.install(module, compressed, device=device, backend=backend, offload=offload)
+        blocks.install(module, compressed, device=device, backend=backend, offload=offload, fused=fused,
+                       cpu_strategy=cpu_strategy)  # fmt: skip
     elif device is not None:
         module.to(device)
     return module

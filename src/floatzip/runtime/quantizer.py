@@ -32,16 +32,17 @@ from floatzip.errors import FloatzipError, FormatError, InputError
 from floatzip.format import spec
 from floatzip.format.blob import HEAD_BYTES, CompressedTensor, blob_head
 from floatzip.runtime import _df11_guard, blocks
-from floatzip.runtime.loading import LoadingMixin, checked_format_version
+from floatzip.runtime.loading import LoadingMixin, checked_format_version, checked_loading_options, options_dict
 from floatzip.runtime.loading import is_blob as _is_blob
 
 
 class FloatzipConfig(QuantizationConfigMixin):
     """``quantization_config`` of a floatzip checkpoint.
 
-    Only ``quant_method`` and ``format_version`` are stored in ``config.json``; ``offload`` and
-    ``backend`` are loading options, passed as ``from_pretrained(..., quantization_config=FloatzipConfig(
-    offload=True))``.
+    A checkpoint's ``config.json`` holds ``quant_method`` and ``format_version``; ``offload``, ``backend``,
+    ``fused`` and ``cpu_strategy`` are loading options, passed as ``from_pretrained(...,
+    quantization_config=FloatzipConfig(offload=True))``. ``to_dict`` adds those that differ from their defaults,
+    so that ``from_dict(to_dict())`` gives them back (and a model saved with ``save_pretrained`` keeps them).
 
     Args:
         format_version: the checkpoint's floatzip format version.
@@ -53,6 +54,10 @@ class FloatzipConfig(QuantizationConfigMixin):
             at most 8 rows (batch-1 generation), the weights read compressed and never written. Not bit-identical
             to the BF16 model (fp32 sums in another order than cuBLAS; bound in docs/KERNELS.md); larger inputs
             (prefill) stay bit-identical. Off by default.
+        cpu_strategy: how weights decoded on the CPU are held (:mod:`floatzip.runtime.strategy`): ``"once"``
+            decodes them all at load into plain parameters (the plain model's speed and memory; CRCs checked, the
+            compressed bytes dropped), ``"per_unit"`` decodes each block just before it runs (the least memory),
+            ``"auto"`` (default) decodes once when the decoded weights fit the available memory with a clear margin.
     """
 
     def __init__(
@@ -61,19 +66,24 @@ class FloatzipConfig(QuantizationConfigMixin):
         offload: bool = False,
         backend: str = "auto",
         fused: bool = False,
+        cpu_strategy: str = "auto",
         **kwargs: Any,
     ) -> None:
         self.quant_method = spec.QUANT_METHOD  # type: ignore[assignment]
         self.format_version = checked_format_version(format_version)
-        self.offload = bool(offload)
-        self.backend = backend
-        self.fused = bool(fused)
+        options = checked_loading_options(offload=offload, backend=backend, fused=fused, cpu_strategy=cpu_strategy,
+                                          where="FloatzipConfig")  # fmt: skip
+        self.offload: bool = options["offload"]
+        self.backend: str = options["backend"]
+        self.fused: bool = options["fused"]
+        self.cpu_strategy: str = options["cpu_strategy"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quant_method": spec.QUANT_METHOD, "format_version": self.format_version}
+        return {"quant_method": spec.QUANT_METHOD, "format_version": self.format_version, **options_dict(self)}
 
     def get_loading_attributes(self) -> dict[str, Any]:
-        return {"offload": self.offload, "backend": self.backend, "fused": self.fused}
+        return {"offload": self.offload, "backend": self.backend, "fused": self.fused,
+                "cpu_strategy": self.cpu_strategy}  # fmt: skip
 
 
 def _decode_blob(t: torch.Tensor, where: str) -> torch.Tensor:
@@ -188,6 +198,9 @@ class FloatzipHfQuantizer(LoadingMixin, HfQuantizer):
 
     # -- before loading ------------------------------------------------------------------
     def validate_environment(self, *args: Any, device_map: Any = None, **kwargs: Any) -> None:
+        cfg = self.quantization_config  # transformers sets the loading options on it without __init__'s checks
+        checked_loading_options(offload=cfg.offload, backend=cfg.backend, fused=cfg.fused,
+                                cpu_strategy=cfg.cpu_strategy, where="FloatzipConfig")  # fmt: skip
         if isinstance(device_map, dict) and "disk" in device_map.values():
             raise InputError(
                 "floatzip keeps compressed weights in memory and cannot offload to disk; use "
@@ -234,7 +247,7 @@ class FloatzipHfQuantizer(LoadingMixin, HfQuantizer):
                         continue
                     stand: torch.Tensor = torch.empty(wanted[0], dtype=wanted[1], device="meta")
                     if table is module._parameters:
-                        stand = torch.nn.Parameter(stand, requires_grad=False)
+                        stand = blocks.parameter(stand)
                     stand._is_hf_initialized = True  # type: ignore[attr-defined]
                     aside.append((table, attr, t))
                     table[attr] = stand
@@ -274,7 +287,7 @@ class FloatzipHfQuantizer(LoadingMixin, HfQuantizer):
             sub.__dict__.pop("_init_weights", None)  # the model's own again (see _shield_init)
         cfg = self.quantization_config
         self.install_runtime(model, device=self.target_device, backend=cfg.backend, offload=cfg.offload,
-                             fused=cfg.fused)  # fmt: skip
+                             fused=cfg.fused, cpu_strategy=cfg.cpu_strategy)  # fmt: skip
         return model
 
     # -- the rest of the interface -------------------------------------------------------
