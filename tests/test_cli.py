@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,10 @@ def test_demo_runs_on_the_real_weights(capsys: pytest.CaptureFixture[str]) -> No
     assert code == 0
     assert "bit-exact        yes" in out
     assert "run compressed   yes" in out
+    # the compressed model run both ways, each bit-identical (above): per unit holds less than the plain weights
+    mb = {m[1].strip(): float(m[2]) for m in re.finditer(r"\n    (\S[^\n]*?)\s+([\d.]+) MB of weights", out)}
+    assert sorted(mb) in (["auto: once", "per unit", "plain"], ["auto: per unit", "per unit", "plain"])
+    assert mb["per unit"] < 0.8 * mb["plain"]
     ratio = float(out.split("ratio")[1].split("%")[0])
     assert 60 < ratio < 66.5
 

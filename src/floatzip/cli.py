@@ -133,9 +133,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
           for k, (b, s) in (r.run or {}).items()],
     ]))  # fmt: skip
     if r.run:
-        print("(the compressed run holds the compressed weights and one decode buffer as large as one layer; it\n"
-              " decodes each layer on every forward, which the CPU does far slower than the GPU kernel is meant to,\n"
-              " and the embeddings only in the rows it looks up)")  # fmt: skip
+        print("(per unit: the compressed weights and one decode buffer as large as one layer, each layer decoded on\n"
+              " every forward, which the CPU does far slower than the GPU kernel is meant to, the embeddings only in\n"
+              " the rows looked up; auto: cpu_strategy's default, which decodes every weight once at load when the\n"
+              " decoded model fits the memory available, and then runs at the plain model's speed)")  # fmt: skip
     if args.keep:
         print(f"files kept in {args.keep}")
     return 0 if r.identical and r.embeddings_identical is not False else 1

@@ -10,6 +10,7 @@ import hashlib
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ class DemoResult:
     identical: bool
     files: int
     embeddings_identical: bool | None  # the model run straight from the compressed checkpoint (None: no transformers)
-    run: dict[str, tuple[int, float]] | None = None  # "plain"/"compressed" -> (weight bytes resident, s per forward)
+    run: dict[str, tuple[int, float]] | None = None  # "plain", "per unit", "auto: …" -> (resident bytes, s per forward)
 
     @property
     def ratio(self) -> float:
@@ -109,19 +110,29 @@ def _weight_bytes(model: torch.nn.Module) -> int:
 
 
 def _run_both(original: Path, compressed: Path) -> tuple[bool | None, dict[str, tuple[int, float]] | None]:
-    """Run MiniLM from the BF16 directory and straight from the compressed one: are the outputs bit-identical,
-    and each one's resident weight bytes and time per forward (the best of five)."""
+    """Run MiniLM from the BF16 directory and straight from the compressed one, each block decoded just before it
+    runs (``cpu_strategy="per_unit"``) and as the default chooses (``"auto"``: decoded once at load when it fits):
+    are the outputs bit-identical, and each run's resident weight bytes and time per forward (the best of five)."""
     try:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
     except ImportError:
         return None, None
+    from floatzip.runtime import memory_report
+    from floatzip.runtime.quantizer import FloatzipConfig
+
     hf_logging.disable_progress_bar()
     batch = AutoTokenizer.from_pretrained(original)(SENTENCES, padding=True, return_tensors="pt")
     outputs = []
     run: dict[str, tuple[int, float]] = {}
-    for key, path in (("plain", original), ("compressed", compressed)):
-        model = AutoModel.from_pretrained(path, dtype=torch.bfloat16).eval()
+    # no quantization_config=None: AutoModel sets the config's attribute from it, dropping the checkpoint's own
+    per_unit = {"quantization_config": FloatzipConfig(cpu_strategy="per_unit")}
+    for key, path, options in (("plain", original, {}), ("per unit", compressed, per_unit), ("auto", compressed, {})):
+        with warnings.catch_warnings():  # transformers warns that the checkpoint's own config is merged with it
+            warnings.simplefilter("ignore", UserWarning)
+            model = AutoModel.from_pretrained(path, dtype=torch.bfloat16, **options).eval()
+        if key == "auto":
+            key = f"auto: {memory_report(model).strategy.replace('_', ' ')}"
         times = []
         with torch.no_grad():
             for _ in range(5):
@@ -130,4 +141,5 @@ def _run_both(original: Path, compressed: Path) -> tuple[bool | None, dict[str, 
                 times.append(time.perf_counter() - t)
         outputs.append(out)
         run[key] = (_weight_bytes(model), min(times))
-    return torch.equal(outputs[0].view(torch.int16), outputs[1].view(torch.int16)), run
+    same = all(torch.equal(outputs[0].view(torch.int16), o.view(torch.int16)) for o in outputs[1:])
+    return same, run
