@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     )
     from floatzip.runtime.blocks import memory_report
     from floatzip.runtime.model import compress_model, load_model
+    from floatzip.runtime.quantizer import FloatzipConfig
 
 __version__ = "0.2.0"
 
@@ -46,6 +47,7 @@ _LAZY = {
     "memory_report": "floatzip.runtime.blocks",
     "compress_model": "floatzip.runtime.model",
     "load_model": "floatzip.runtime.model",
+    "FloatzipConfig": "floatzip.runtime.quantizer",  # imports transformers, when first used
 }
 
 
@@ -68,6 +70,7 @@ __all__ = [
     "BackendError",
     "CheckpointReport",
     "CompressedTensor",
+    "FloatzipConfig",
     "FloatzipError",
     "FormatError",
     "InputError",

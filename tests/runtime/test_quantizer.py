@@ -29,3 +29,12 @@ def test_a_blob_claiming_far_more_weights_than_its_bytes_sizes_no_placeholder() 
     raw = bytearray(b.numpy().tobytes())
     struct.pack_into("<QQ", raw, 56, 1 << 30, 16)
     assert _header_guess(torch.frombuffer(raw, dtype=torch.uint8)) is None
+
+
+def test_the_config_is_a_top_level_name_and_round_trips_its_loading_options() -> None:
+    from floatzip.runtime import quantizer
+
+    cfg = floatzip.FloatzipConfig(cpu_strategy="per_unit", backend="cpu")
+    assert type(cfg) is quantizer.FloatzipConfig and "FloatzipConfig" in dir(floatzip)
+    back = quantizer.FloatzipConfig.from_dict(cfg.to_dict())
+    assert (back.cpu_strategy, back.backend, back.offload, back.fused) == ("per_unit", "cpu", False, False)
